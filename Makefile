@@ -1,0 +1,57 @@
+# The two commands: `make run` and `make test`. Everything else is for developers.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test check lint typecheck lint-proto generate check-generated bench clean install
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || { echo ">> creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo ">> installing grpckit-shop and its dev tools into $(VENV) (first run takes a minute)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/shop up $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+.third_party/google/type/money.proto: $(STAMP)
+	@mkdir -p .third_party/google/type
+	@cp "$$($(BIN)/python -c 'import google.type, os; print(os.path.dirname(google.type.__file__))')/money.proto" $@
+
+lint-proto: .third_party/google/type/money.proto
+	$(BIN)/buf lint
+	@if git rev-parse --verify -q origin/main >/dev/null; then \
+	  $(BIN)/buf breaking --against '.git#branch=origin/main'; fi
+
+generate: $(STAMP)
+	$(BIN)/python scripts/generate.py
+
+check-generated: generate
+	@git diff --exit-code --stat -- src/shop/api src/grpckit/testing/api \
+	  || { echo "generated code is stale: run 'make generate' and commit the result"; exit 1; }
+	@test -z "$$(git status --porcelain -- src/shop/api src/grpckit/testing/api)" \
+	  || { echo "generated files are not committed: run 'make generate' and commit them"; exit 1; }
+
+check: lint typecheck lint-proto check-generated
+
+bench: $(STAMP)
+	$(BIN)/python bench/process_order.py
+
+clean:
+	rm -rf $(VENV) .shop .third_party .pytest_cache .mypy_cache .ruff_cache
