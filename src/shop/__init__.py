@@ -1,0 +1,1 @@
+"""shop: the reference commerce system built on grpckit."""

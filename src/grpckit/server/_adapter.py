@@ -1,0 +1,212 @@
+"""The one adapter between grpc.aio method handlers and grpckit interceptors.
+
+``grpc.aio.ServerInterceptor`` only sees the method name and metadata. :class:`Adapter` wraps the
+``RpcMethodHandler`` of each method so that the interceptor chain sees a :class:`CallInfo`, the
+request (or each streamed message through listeners), each response and the outcome.
+
+Wire behaviour:
+
+* ``StatusError`` (from a handler or an interceptor) becomes ``context.abort`` with the code,
+  the message and ``grpc-status-details-bin`` in the trailers (merged with trailers the handler
+  already set). Any other exception becomes INTERNAL "internal error" with an error id; never
+  UNKNOWN, never the exception text.
+* Response headers added with ``CallInfo.add_response_header`` are sent just before the first
+  response message (or the error status), never before the handler runs, so a handler's
+  ``context.set_compression()`` still applies.
+* Streams are not buffered: each request is handed on as it arrives and each response written
+  with ``context.write`` as the handler yields it. Cancellation reaches the handler as
+  ``asyncio.CancelledError``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+
+from grpckit.call import CallInfo, RpcKind, set_current_call
+from grpckit.errors import STATUS_DETAILS_KEY, StatusError, internal
+from grpckit.middleware import BUILTIN_SERVICES, Interceptor, Next, chain
+
+__all__ = ["Adapter"]
+
+_log = structlog.stdlib.get_logger("grpckit.server")
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """A ``grpc.aio.ServerInterceptor`` running grpckit ``interceptors`` around each handler.
+
+    Example: ``grpc.aio.server(interceptors=[Adapter([recovery(), logging()])])``
+    (:class:`grpckit.App` does this for you).
+    """
+
+    def __init__(
+        self, interceptors: Sequence[Interceptor], *, include_builtin: bool = False
+    ) -> None:
+        self._interceptors = tuple(interceptors)
+        self._include_builtin = include_builtin
+        self._cache: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not self._interceptors:
+            return handler
+        full_method: str = handler_call_details.method
+        cached = self._cache.get(full_method)
+        if cached is not None and cached[0] is _behavior(handler):
+            return cached[1]
+        service, method = _split(full_method)
+        if service in BUILTIN_SERVICES and not self._include_builtin:
+            return handler
+        wrapped = _wrap(handler, full_method, service, method, self._interceptors)
+        self._cache[full_method] = (_behavior(handler), wrapped)
+        return wrapped
+
+
+def _split(full_method: str) -> tuple[str, str]:
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service, method
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Any:
+    return (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler,
+    full_method: str,
+    service: str,
+    method: str,
+    interceptors: Sequence[Interceptor],
+) -> grpc.RpcMethodHandler:
+    kind = RpcKind.of(handler.request_streaming, handler.response_streaming)
+    original = _behavior(handler)
+    innermost = _INNERMOST[kind](original)
+    run = chain(interceptors, innermost)
+
+    async def serve(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        call = CallInfo(full_method, service, method, kind, context)
+        if handler.request_streaming:
+            call.requests = _receive(call, request)
+        else:
+            call.request = request
+        set_current_call(call)
+        try:
+            await run(call)
+        except BaseException as exc:  # noqa: BLE001 - mapped to a status, or re-raised
+            await _fail(call, exc)
+        if handler.response_streaming:
+            await flush_headers(call)
+            return None
+        await flush_headers(call)
+        return call.response
+
+    factory = _FACTORIES[kind]
+    return factory(
+        serve,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+_FACTORIES: dict[RpcKind, Callable[..., grpc.RpcMethodHandler]] = {
+    RpcKind.UNARY: grpc.unary_unary_rpc_method_handler,
+    RpcKind.SERVER_STREAM: grpc.unary_stream_rpc_method_handler,
+    RpcKind.CLIENT_STREAM: grpc.stream_unary_rpc_method_handler,
+    RpcKind.BIDI_STREAM: grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _unary_response(original: Any) -> Next:
+    async def invoke(call: CallInfo) -> None:
+        arg = call.requests if call.requests is not None else call.request
+        response = original(arg, call.context)
+        if inspect.isawaitable(response):
+            response = await response
+        call.response = response
+        call.msgs_sent += 1
+        for listener in call.listeners:
+            listener.on_send(call, response)
+
+    return invoke
+
+
+def _stream_response(original: Any) -> Next:
+    async def invoke(call: CallInfo) -> None:
+        arg = call.requests if call.requests is not None else call.request
+        responses = original(arg, call.context)
+        if inspect.isawaitable(responses):  # reader/writer API: the handler writes itself
+            await responses
+            return
+        context = call.context
+        async for response in responses:
+            if call.msgs_sent == 0:
+                await flush_headers(call)
+            call.msgs_sent += 1
+            call.response = response
+            for listener in call.listeners:
+                listener.on_send(call, response)
+            await context.write(response)
+
+    return invoke
+
+
+_INNERMOST: dict[RpcKind, Callable[[Any], Next]] = {
+    RpcKind.UNARY: _unary_response,
+    RpcKind.CLIENT_STREAM: _unary_response,
+    RpcKind.SERVER_STREAM: _stream_response,
+    RpcKind.BIDI_STREAM: _stream_response,
+}
+
+
+async def _receive(call: CallInfo, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for message in requests:
+        call.msgs_received += 1
+        for listener in call.listeners:
+            listener.on_receive(call, message)
+        yield message
+
+
+async def flush_headers(call: CallInfo) -> None:
+    """Send the headers interceptors added, once; a no-op when there are none."""
+    if not call.response_headers:
+        return
+    headers, call.response_headers = tuple(call.response_headers), []
+    try:
+        await call.context.send_initial_metadata(headers)
+    except grpc.aio.UsageError:  # the handler already sent its own headers
+        _log.debug("rpc.headers_already_sent", method=call.full_method)
+
+
+async def _fail(call: CallInfo, exc: BaseException) -> None:
+    """Map ``exc`` to the wire status; always raises."""
+    if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
+        raise exc  # cancellation, or a handler that called context.abort itself
+    if not isinstance(exc, StatusError):
+        error_id = uuid.uuid4().hex
+        _log.error(
+            "rpc.unhandled_exception",
+            error_id=error_id,
+            method=call.full_method,
+            exc_info=exc,
+        )
+        exc = internal(error_id=error_id)
+    await flush_headers(call)
+    status = exc.to_status()
+    await call.context.abort(status.code, status.details, _trailers(call, status))
+
+
+def _trailers(call: CallInfo, status: grpc.Status) -> tuple[tuple[str, str | bytes], ...]:
+    existing = call.context.trailing_metadata() or ()
+    kept = tuple((k, v) for k, v in existing if k != STATUS_DETAILS_KEY)
+    return kept + tuple(status.trailing_metadata)

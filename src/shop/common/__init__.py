@@ -1,0 +1,1 @@
+"""What every shop service shares: money, ids, paging, databases, the outbox, the event bus."""

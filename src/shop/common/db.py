@@ -1,0 +1,169 @@
+"""One service's database: SQLite file or a PostgreSQL schema, migrations, transactions.
+
+Each service owns its tables. On SQLite it has its own file; on PostgreSQL its own schema
+(selected through ``search_path``), so services never share tables even on one server.
+
+>>> db = Database("sqlite+aiosqlite:///./.shop/orders.db", schema="orders")  # doctest: +SKIP
+>>> await db.migrate(MIGRATIONS)                                              # doctest: +SKIP
+>>> async with db.transaction() as session: ...                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change. ``apply`` runs synchronously inside a transaction (``run_sync``)."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used as configured; the message says what to change."""
+
+
+def database_url(service: str, *, data_dir: Path, url: str | None) -> str:
+    """The URL a service uses: ``url`` if given, else a SQLite file ``<data_dir>/<service>.db``."""
+    if url:
+        return url
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite+aiosqlite:///{(data_dir / f'{service}.db').resolve()}"
+
+
+class Database:
+    """An async SQLAlchemy engine bound to one service's tables."""
+
+    def __init__(self, url: str, *, schema: str, pool_size: int = 10) -> None:
+        if not _SCHEMA_NAME.match(schema):
+            raise DatabaseError(f"schema {schema!r} must be a lowercase identifier")
+        parsed = make_url(url)
+        self.schema = schema
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            self.engine = _sqlite_engine(url)
+        elif self.dialect == "postgresql":
+            if parsed.get_driver_name() != "asyncpg":
+                raise DatabaseError("use a postgresql+asyncpg:// URL for PostgreSQL")
+            self.engine = create_async_engine(
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                connect_args={"server_settings": {"search_path": schema}},
+            )
+        else:
+            raise DatabaseError(
+                f"unsupported database {self.dialect!r}: use sqlite+aiosqlite:// or "
+                "postgresql+asyncpg://"
+            )
+        self._writer = self.engine.execution_options(shop_write=True)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = async_sessionmaker(self._writer, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A read-write transaction: commits on exit, rolls back on error.
+
+        On SQLite it takes the write lock up front (BEGIN IMMEDIATE), so two writers queue on
+        the busy timeout instead of failing with "database is locked" when one upgrades.
+        """
+        async with self._write_sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A read-only session (a plain transaction, rolled back on exit)."""
+        async with self._sessions() as session:
+            yield session
+
+    async def migrate(self, migrations: Sequence[Migration]) -> int:
+        """Apply the migrations newer than the stored version; returns the resulting version."""
+        versions = [m.version for m in migrations]
+        if versions != sorted(set(versions)):
+            raise DatabaseError("migration versions must be unique and increasing")
+        if self.dialect == "postgresql":
+            await self._create_schema()
+        async with self._writer.begin() as conn:
+            if self.dialect == "postgresql":
+                lock_key = sa.func.hashtext(f"shop.migrate.{self.schema}")
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key)))
+            await conn.run_sync(_VERSION_METADATA.create_all)
+            current = (await conn.execute(sa.select(sa.func.max(_VERSIONS.c.version)))).scalar()
+            current = current or 0
+            for migration in migrations:
+                if migration.version <= current:
+                    continue
+                await conn.run_sync(migration.apply)
+                await conn.execute(
+                    _VERSIONS.insert().values(
+                        version=migration.version, description=migration.description
+                    )
+                )
+                current = migration.version
+        return int(current)
+
+    async def _create_schema(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+
+    async def ping(self) -> bool:
+        """True when a trivial query succeeds (used by health checks)."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+_VERSION_METADATA = sa.MetaData()
+_VERSIONS = sa.Table(
+    "schema_migrations",
+    _VERSION_METADATA,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+
+def _sqlite_engine(url: str) -> AsyncEngine:
+    path = make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("shop_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine

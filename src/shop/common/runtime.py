@@ -1,0 +1,101 @@
+"""What the composition root hands each service: settings, the bus, databases and peer channels.
+
+Every service exposes ``async def mount(app, ctx)``; ``shop up`` mounts all six on one server,
+``shop serve <service>`` mounts one. Configuration is read once by the CLI and flows in here as
+frozen values; services never read the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import sqlalchemy as sa
+import structlog
+
+from grpckit import dial, get_logger
+from shop.common.bus import EventBus
+from shop.common.db import Database, database_url
+from shop.common.outbox import OutboxRelay
+
+SERVICES = ("users", "catalog", "orders", "payments", "analytics", "gateway")
+SAGA_STEPS = ("validate_user", "create_order", "reserve_stock", "process_payment")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed, frozen configuration of a shop process."""
+
+    data_dir: Path = Path(".shop")
+    database_url: str | None = None
+    demo: bool = True
+    fault_kill_after: str | None = None
+    payment_latency_ms: int = 0
+    payment_failure_rate: float = 0.0
+    saga_timeout: float = 30.0
+    call_timeout: float = 5.0
+    grace_period: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.fault_kill_after is not None and self.fault_kill_after not in SAGA_STEPS:
+            raise ValueError(
+                f"fault_kill_after must be one of {', '.join(SAGA_STEPS)}, "
+                f"not {self.fault_kill_after!r}"
+            )
+        if not 0.0 <= self.payment_failure_rate <= 1.0:
+            raise ValueError("payment_failure_rate must be between 0 and 1")
+        if self.payment_latency_ms < 0:
+            raise ValueError("payment_latency_ms must not be negative")
+
+
+@dataclass
+class ServiceContext:
+    """Shared resources of one process. Owns what it opens; ``close()`` releases all of it."""
+
+    settings: Settings
+    bus: EventBus
+    peers: Mapping[str, str]
+    logger: structlog.stdlib.BoundLogger = field(default_factory=lambda: get_logger("shop"))
+    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    _databases: dict[str, Database] = field(default_factory=dict)
+    _relays: list[OutboxRelay] = field(default_factory=list)
+
+    def database(self, service: str) -> Database:
+        """The service's database (one per service and process; opened lazily)."""
+        if service not in self._databases:
+            url = database_url(service, data_dir=self.settings.data_dir, url=self.settings.database_url)
+            self._databases[service] = Database(url, schema=service)
+        return self._databases[service]
+
+    def channel(self, peer: str) -> grpc.aio.Channel:
+        """A channel to a peer service, with the default call timeout."""
+        if peer not in self._channels:
+            try:
+                target = self.peers[peer]
+            except KeyError:
+                raise LookupError(
+                    f"no address for peer {peer!r}: pass --{peer}-addr or SHOP_{peer.upper()}_ADDR"
+                ) from None
+            self._channels[peer] = dial(target, default_timeout=self.settings.call_timeout)
+        return self._channels[peer]
+
+    def start_outbox_relay(self, db: Database, table: sa.Table) -> OutboxRelay:
+        """Start publishing a service's outbox to the bus; stopped by ``close()``."""
+        relay = OutboxRelay(db, table, self.bus)
+        relay.start()
+        relay.notify()  # publish what a previous run left behind
+        self._relays.append(relay)
+        return relay
+
+    async def close(self) -> None:
+        for relay in self._relays:
+            await relay.stop()
+        for channel in self._channels.values():
+            await channel.close()
+        for db in self._databases.values():
+            await db.close()
+        self._relays.clear()
+        self._channels.clear()
+        self._databases.clear()

@@ -1,0 +1,80 @@
+"""Fixtures shared by the whole suite.
+
+``database`` yields an empty, un-migrated ``Database`` on SQLite and on PostgreSQL. PostgreSQL is
+taken from SHOP_TEST_POSTGRES_URL (default: the local server at 127.0.0.1:5432, database
+``test``). Under CI=true an unreachable PostgreSQL fails the tests; elsewhere they are skipped
+with a message saying how to enable them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from shop.common.db import Database
+
+POSTGRES_URL = os.environ.get(
+    "SHOP_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _postgres_reachable() -> str | None:
+    async def probe() -> str | None:
+        db = Database(POSTGRES_URL, schema="public")
+        try:
+            return None if await db.ping() else f"cannot connect to {POSTGRES_URL}"
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(probe())
+    except Exception as exc:  # noqa: BLE001 - any failure means unreachable
+        return f"{type(exc).__name__}: {exc}"
+
+
+_PG_PROBLEM: str | None | bool = False
+
+
+def require_postgres() -> None:
+    """Skip (or fail under CI) when PostgreSQL is unreachable."""
+    global _PG_PROBLEM
+    if _PG_PROBLEM is False:
+        _PG_PROBLEM = _postgres_reachable()
+    if _PG_PROBLEM:
+        message = (
+            f"PostgreSQL unreachable ({_PG_PROBLEM}); start it or set SHOP_TEST_POSTGRES_URL "
+            "to a postgresql+asyncpg:// URL to run these tests"
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """An empty database of one service, on SQLite and on PostgreSQL (its own schema)."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}", schema="service")
+        try:
+            yield db
+        finally:
+            await db.close()
+        return
+    require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    db = Database(POSTGRES_URL, schema=schema)
+    try:
+        yield db
+    finally:
+        await db.close()
+        admin = Database(POSTGRES_URL, schema="public")
+        async with admin.engine.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await admin.close()
