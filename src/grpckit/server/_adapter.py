@@ -103,7 +103,7 @@ def _wrap(
         set_current_call(call)
         try:
             await run(call)
-        except BaseException as exc:  # noqa: BLE001 - mapped to a status, or re-raised
+        except BaseException as exc:
             await _fail(call, exc)
         if handler.response_streaming:
             await flush_headers(call)

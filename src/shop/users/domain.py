@@ -41,7 +41,7 @@ class UsersError(Exception):
     """Root of the expected failures of the users service."""
 
 
-class EmailTaken(UsersError):
+class EmailTakenError(UsersError):
     """Another account already uses this email."""
 
     def __init__(self, email: str) -> None:
@@ -49,7 +49,7 @@ class EmailTaken(UsersError):
         self.email = email
 
 
-class UserNotFound(UsersError):
+class UserNotFoundError(UsersError):
     """No account has this id."""
 
     def __init__(self, user_id: str) -> None:
@@ -57,14 +57,14 @@ class UserNotFound(UsersError):
         self.user_id = user_id
 
 
-class InvalidCredentials(UsersError):
+class InvalidCredentialsError(UsersError):
     """Unknown email or wrong password; deliberately does not say which."""
 
     def __init__(self) -> None:
         super().__init__("email or password is incorrect")
 
 
-class UserDisabled(UsersError):
+class UserDisabledError(UsersError):
     """The account exists, the password matched, but the account is disabled."""
 
     def __init__(self, user_id: str) -> None:
@@ -110,9 +110,7 @@ def registration_violations(email: str, password: str, name: str) -> list[Violat
     return violations
 
 
-def new_user(
-    *, user_id: str, email: str, name: str, password_hash: str, now: datetime
-) -> User:
+def new_user(*, user_id: str, email: str, name: str, password_hash: str, now: datetime) -> User:
     """A fresh, active customer account."""
     return User(
         id=user_id,
@@ -135,9 +133,9 @@ def authenticate(user: User | None, password: str, hasher: PasswordVerifier) -> 
     encoded = user.password_hash if user is not None else hasher.dummy_hash
     matched = hasher.verify(password, encoded)
     if user is None or not matched:
-        raise InvalidCredentials()
+        raise InvalidCredentialsError()
     if not user.active:
-        raise UserDisabled(user.id)
+        raise UserDisabledError(user.id)
     return user
 
 

@@ -57,7 +57,13 @@ class ScryptHasher:
 
 def _derive(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=r, p=p, maxmem=128 * n * r * (p + 1) + 2**20, dklen=_KEY_BYTES
+        password.encode(),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        maxmem=128 * n * r * (p + 1) + 2**20,
+        dklen=_KEY_BYTES,
     )
 
 

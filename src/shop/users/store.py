@@ -9,7 +9,7 @@ from sqlalchemy import exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shop.common.db import Database, Migration
-from shop.users.domain import EmailTaken, User
+from shop.users.domain import EmailTakenError, User
 
 
 class _Base(DeclarativeBase):
@@ -44,13 +44,13 @@ class UserStore:
         self._db = db
 
     async def add(self, user: User) -> User:
-        """Insert a new account; raises EmailTaken when the email is in use."""
+        """Insert a new account; raises EmailTakenError when the email is in use."""
         try:
             async with self._db.transaction() as session:
                 session.add(_to_row(user))
         except exc.IntegrityError:
             if await self.by_email(user.email) is not None:
-                raise EmailTaken(user.email) from None
+                raise EmailTakenError(user.email) from None
             raise
         return user
 

@@ -27,7 +27,7 @@ MIN_SECRET_BYTES = 32
 _HEADER = {"alg": "HS256", "typ": "JWT"}
 
 
-class InvalidToken(ValueError):
+class InvalidTokenError(ValueError):
     """A token that is malformed, wrongly signed, from another issuer or expired."""
 
 
@@ -63,20 +63,20 @@ class TokenIssuer:
         return AccessToken(f"{signing_input}.{self._sign(signing_input)}", self._ttl)
 
     def verify(self, token: str, *, now: datetime) -> dict[str, Any]:
-        """The claims of a valid token; raises InvalidToken otherwise."""
+        """The claims of a valid token; raises InvalidTokenError otherwise."""
         try:
             header, claims, signature = token.split(".")
             if not hmac.compare_digest(signature, self._sign(f"{header}.{claims}")):
-                raise InvalidToken("bad signature")
+                raise InvalidTokenError("bad signature")
             if _decode_json(header) != _HEADER:
-                raise InvalidToken("unexpected header")
+                raise InvalidTokenError("unexpected header")
             payload = _decode_json(claims)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidToken(str(exc)) from None
+            raise InvalidTokenError(str(exc)) from None
         if payload.get("iss") != ISSUER:
-            raise InvalidToken("unexpected issuer")
+            raise InvalidTokenError("unexpected issuer")
         if not isinstance(payload.get("exp"), int) or payload["exp"] <= now.timestamp():
-            raise InvalidToken("expired")
+            raise InvalidTokenError("expired")
         return payload
 
     def _sign(self, signing_input: str) -> str:

@@ -1,0 +1,103 @@
+"""Client interceptors that carry deadlines and the request id across service hops.
+
+For every call made on a :func:`grpckit.dial` channel:
+
+1. a call without a timeout gets ``default_timeout``;
+2. inside a grpckit-served handler, the timeout is capped to what is left of the incoming
+   call (``context.time_remaining()`` and the deadline interceptor's bound);
+3. ``x-request-id`` of the incoming call is forwarded unless the caller set one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from grpckit.call import current_call
+
+__all__ = ["REQUEST_ID_KEY", "propagation_interceptors"]
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+def _details(details: grpc.aio.ClientCallDetails, default_timeout: float | None) -> Any:
+    timeout: float | None = details.timeout
+    if timeout is None:
+        timeout = default_timeout
+    metadata = details.metadata
+    call = current_call()
+    if call is not None:
+        remaining = call.time_remaining()
+        if remaining is not None:
+            remaining = max(remaining, 0.0)
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        request_id = call.request_id or call.header(REQUEST_ID_KEY)
+        if request_id:
+            metadata = _with_request_id(metadata, request_id)
+    if timeout is details.timeout and metadata is details.metadata:
+        return details
+    return grpc.aio.ClientCallDetails(
+        details.method, timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+def _with_request_id(metadata: Any, request_id: str | bytes) -> grpc.aio.Metadata:
+    merged = grpc.aio.Metadata(*(tuple(metadata) if metadata is not None else ()))
+    if REQUEST_ID_KEY not in merged:
+        merged.add(REQUEST_ID_KEY, request_id)
+    return merged
+
+
+Continuation = Callable[[Any, Any], Any]
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, default_timeout: float | None) -> None:
+        self._default = default_timeout
+
+    async def intercept_unary_unary(
+        self, continuation: Continuation, client_call_details: Any, request: Any
+    ) -> Any:
+        return await continuation(_details(client_call_details, self._default), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, default_timeout: float | None) -> None:
+        self._default = default_timeout
+
+    async def intercept_unary_stream(
+        self, continuation: Continuation, client_call_details: Any, request: Any
+    ) -> Any:
+        return await continuation(_details(client_call_details, self._default), request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, default_timeout: float | None) -> None:
+        self._default = default_timeout
+
+    async def intercept_stream_unary(
+        self, continuation: Continuation, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_details(client_call_details, self._default), request_iterator)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, default_timeout: float | None) -> None:
+        self._default = default_timeout
+
+    async def intercept_stream_stream(
+        self, continuation: Continuation, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_details(client_call_details, self._default), request_iterator)
+
+
+def propagation_interceptors(default_timeout: float | None) -> list[grpc.aio.ClientInterceptor]:
+    """The four interceptors (one per RPC kind) that :func:`grpckit.dial` installs."""
+    return [
+        _UnaryUnary(default_timeout),
+        _UnaryStream(default_timeout),
+        _StreamUnary(default_timeout),
+        _StreamStream(default_timeout),
+    ]

@@ -1,0 +1,92 @@
+"""Structured logging setup: structlog over stdlib, one JSON object per line on stderr.
+
+Call :func:`configure_logging` once, in ``main``. Every record carries ``timestamp``
+(ISO 8601, UTC), ``level``, ``event`` and ``logger``, plus bound fields.
+
+Example::
+
+    from grpckit import configure_logging, get_logger
+
+    configure_logging("info", service="orders")
+    get_logger("orders").info("order.created", order_id="o-1")
+    # {"order_id": "o-1", "event": "order.created", "service": "orders", "logger": "orders",
+    #  "level": "info", "timestamp": "2026-01-01T00:00:00.000000Z"}
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, cast
+
+import structlog
+from structlog.types import EventDict, Processor, WrappedLogger
+
+__all__ = ["configure_logging", "get_logger"]
+
+
+def _add_service(service: str) -> Processor:
+    def add(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("service", service)
+        return event_dict
+
+    return add
+
+
+def configure_logging(
+    level: str = "info", *, json: bool = True, service: str | None = None
+) -> None:
+    """Route structlog and stdlib logging to stderr, one JSON object (or console line) each.
+
+    ``service`` is added to every record. Safe to call again (e.g. in tests): it replaces the
+    previous configuration.
+    """
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if service:
+        shared.append(_add_service(service))
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_grpckit", False)]:
+        root.removeHandler(old)
+    handler._grpckit = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def get_logger(name: str, **bound: Any) -> structlog.stdlib.BoundLogger:
+    """A structlog logger named ``name`` (the ``logger`` key), with ``bound`` fields.
+
+    Example: ``log = get_logger("orders.store", shard=3); log.info("opened")``
+    """
+    return cast(structlog.stdlib.BoundLogger, structlog.stdlib.get_logger(name, **bound))

@@ -1,0 +1,244 @@
+"""App: the one lifecycle owner of a grpc.aio server.
+
+Lifecycle: ``bind()`` (optional, to learn the port early) → ``start()`` (health and reflection
+registered, start hooks, server started, every health entry SERVING) → ``stop()`` (health
+NOT_SERVING, no new calls, in-flight calls drain for up to ``grace`` seconds and are then
+cancelled, stop hooks in reverse order). ``serve()`` does all of it and handles SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from grpckit.logs import get_logger
+from grpckit.middleware import Interceptor
+from grpckit.server._adapter import Adapter
+from grpckit.server._config import ServerConfig
+from grpckit.server._health import HealthCheck, HealthState
+
+__all__ = ["App"]
+
+Hook = Callable[[], Awaitable[None]]
+AddToServer = Callable[[Any, grpc.aio.Server], None]
+
+
+class App:
+    """Owns one grpc.aio server: services, interceptors, health, reflection, hooks, signals.
+
+    Example::
+
+        app = App(ServerConfig(port=50051), name="orders", interceptors=[recovery(), logging()])
+        app.add_service(orders_pb2_grpc.add_OrderServiceServicer_to_server, OrderService(store),
+                        orders_pb2.DESCRIPTOR.services_by_name["OrderService"])
+        app.on_stop(store.close)
+        await app.serve()          # returns after SIGTERM once drained
+
+    In tests: ``async with App() as app: channel = grpckit.dial(app.address)``.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig = ServerConfig(),  # noqa: B008 - frozen, safe to share
+        *,
+        name: str = "grpckit",
+        interceptors: Sequence[Interceptor] = (),
+        logger: structlog.stdlib.BoundLogger | None = None,
+        intercept_builtin: bool = False,
+    ) -> None:
+        self.config = config
+        self.name = name
+        self._interceptors = tuple(interceptors)
+        self._intercept_builtin = intercept_builtin
+        self._log = logger if logger is not None else get_logger("grpckit.app", app=name)
+        self._server: grpc.aio.Server | None = None
+        self._port: int | None = None
+        self._pending: list[tuple[AddToServer, object]] = []
+        self._service_names: list[str] = []
+        self._health = HealthState(self._log)
+        self._start_hooks: list[Hook] = []
+        self._stop_hooks: list[Hook] = []
+        self._started = False
+        self._stop_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._terminated = asyncio.Event()
+
+    # -- registration -------------------------------------------------------------------------
+
+    def add_service(
+        self, add_to_server: AddToServer, servicer: object, descriptor: ServiceDescriptor
+    ) -> None:
+        """Register ``servicer`` (through the interceptor chain), for reflection and health.
+
+        Example: ``app.add_service(add_PingServiceServicer_to_server, PingServicer(), desc)``
+        """
+        if self._started:
+            raise RuntimeError("add_service() after start()")
+        if self._server is not None:
+            add_to_server(servicer, self._server)
+        else:
+            self._pending.append((add_to_server, servicer))
+        self._service_names.append(descriptor.full_name)
+        self._health.add_service(descriptor.full_name)
+
+    def add_health_check(
+        self, service: str, check: Callable[[], Awaitable[bool]], *, interval: float = 5.0
+    ) -> None:
+        """Make ``service`` (and ``""``) NOT_SERVING while ``check()`` fails.
+
+        Example: ``app.add_health_check("shop.orders.v1.OrderService", db.ping, interval=2)``
+        """
+        if self._started:
+            raise RuntimeError("add_health_check() after start()")
+        self._health.add_check(HealthCheck(service, check, interval))
+
+    def on_start(self, hook: Hook) -> None:
+        """Run ``hook`` during start(), before the server accepts calls."""
+        self._start_hooks.append(hook)
+
+    def on_stop(self, hook: Hook) -> None:
+        """Run ``hook`` during stop(), after draining; hooks run in reverse order."""
+        self._stop_hooks.append(hook)
+
+    # -- addresses ----------------------------------------------------------------------------
+
+    def bind(self) -> int:
+        """Create the server if needed and bind ``host:port``; return the port. Idempotent."""
+        if self._port is not None:
+            return self._port
+        server = self._create_server()
+        port = server.add_insecure_port(self.config.bind_address)
+        if port == 0:
+            raise OSError(f"could not bind {self.config.bind_address}")
+        self._port = port
+        return port
+
+    @property
+    def port(self) -> int:
+        """The bound port (binds if needed)."""
+        return self.bind()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to dial; wildcard hosts are reported as 127.0.0.1."""
+        host = self.config.host
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        elif ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind, register health and reflection, run start hooks, start, mark SERVING."""
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self.bind()
+        server = self._create_server()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
+        reflection.enable_server_reflection(
+            (*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        await self._health.prepare()
+        for hook in self._start_hooks:
+            await hook()
+        await server.start()
+        self._started = True
+        await self._health.serve()
+        self._log.info("app.started", address=self.address, services=self._service_names)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop; safe to call many times and from many tasks."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, grace: float | None) -> None:
+        grace = self.config.grace_period if grace is None else grace
+        try:
+            await self._health.shutdown()
+            if self._server is not None:
+                self._log.info("app.stopping", grace=grace)
+                await self._server.stop(grace)
+            for hook in reversed(self._stop_hooks):
+                try:
+                    await hook()
+                except Exception:
+                    self._log.exception("app.stop_hook_failed", hook=repr(hook))
+        finally:
+            self._terminated.set()
+            self._log.info("app.stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Return once stop() has finished."""
+        await self._terminated.wait()
+
+    def request_stop(self) -> None:
+        """Ask the running app to stop; safe from signal handlers and other threads."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._schedule_stop)
+
+    def _schedule_stop(self) -> None:
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop(None))
+
+    async def serve(self) -> None:
+        """start(), stop on SIGINT/SIGTERM, return normally once drained."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread / platform
+                pass
+        try:
+            await self.wait_for_termination()
+            if self._stop_task is not None:
+                await self._stop_task
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _create_server(self) -> grpc.aio.Server:
+        if self._server is not None:
+            return self._server
+        server = grpc.aio.server(
+            interceptors=[Adapter(self._interceptors, include_builtin=self._intercept_builtin)],
+            options=self.config.grpc_options(),
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+            compression=self.config.compression,
+        )
+        for add_to_server, servicer in self._pending:
+            add_to_server(servicer, server)
+        self._pending.clear()
+        self._server = server
+        return server

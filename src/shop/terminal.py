@@ -1,0 +1,137 @@
+"""``shop order`` and ``shop watch``: the system from a terminal, over gRPC like any client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+
+import grpc
+from google.protobuf import duration_pb2, json_format
+
+from grpckit import StatusError
+from shop.api.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from shop.api.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shop.api.common.v1 import common_pb2
+from shop.api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from shop.api.orders.v1 import orders_pb2
+from shop.api.payments.v1 import payments_pb2
+from shop.api.users.v1 import users_pb2, users_pb2_grpc
+from shop.common.ids import is_id
+from shop.common.money import from_proto
+
+TIMEOUT = 10.0
+
+
+def _fail(err: grpc.aio.AioRpcError) -> int:
+    status = StatusError.from_rpc_error(err)
+    reason = f" [{status.reason}]" if status.reason else ""
+    print(f"order failed: {status.code.name}{reason}: {status.message}", file=sys.stderr)
+    if status.error_info is not None and status.error_info.metadata:
+        print(f"  details: {dict(status.error_info.metadata)}", file=sys.stderr)
+    for field, description in status.field_violations:
+        print(f"  {field}: {description}", file=sys.stderr)
+    return 1
+
+
+async def _demo_user(channel: grpc.aio.Channel) -> str:
+    users = users_pb2_grpc.UserServiceStub(channel)
+    email = f"demo-{secrets.token_hex(4)}@example.com"
+    reply = await users.CreateUser(
+        users_pb2.CreateUserRequest(email=email, password=secrets.token_urlsafe(12), name="Demo Customer"),
+        timeout=TIMEOUT,
+    )
+    print(f"registered demo user {reply.user.email} ({reply.user.id})")
+    return reply.user.id
+
+
+async def _items(channel: grpc.aio.Channel, specs: list[str]) -> list[common_pb2.LineItem]:
+    catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
+    if not specs:
+        page = await catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=1), timeout=TIMEOUT)
+        if not page.products:
+            raise LookupError("the catalog is empty: start with demo data or pass --item PRODUCT_ID")
+        specs = [page.products[0].id]
+    items = []
+    for spec in specs:
+        key, _, qty = spec.partition(":")
+        if not is_id(key):  # a sku: look it up
+            found = await catalog.SearchProducts(catalog_pb2.SearchProductsRequest(query=key), timeout=TIMEOUT)
+            match = [p for p in found.products if p.sku == key]
+            if not match:
+                raise LookupError(f"no product with id or sku {key!r}")
+            key = match[0].id
+        items.append(common_pb2.LineItem(product_id=key, quantity=int(qty or 1)))
+    return items
+
+
+async def order(ns: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(ns.addr) as channel:
+        try:
+            user_id = ns.user_id or await _demo_user(channel)
+            items = await _items(channel, ns.item)
+            request = gateway_pb2.ProcessOrderRequest(
+                user_id=user_id,
+                items=items,
+                payment_method=payments_pb2.PaymentMethod(
+                    card_number=ns.card, exp_month=12, exp_year=2030, cvc="123"
+                ),
+                idempotency_key=ns.idempotency_key or secrets.token_hex(16),
+            )
+            reply = await gateway_pb2_grpc.GatewayServiceStub(channel).ProcessOrder(request, timeout=30)
+        except grpc.aio.AioRpcError as err:
+            return _fail(err)
+        except LookupError as exc:
+            print(f"shop order: {exc}", file=sys.stderr)
+            return 1
+    if ns.json:
+        print(json_format.MessageToJson(reply))
+        return 0
+    o, p = reply.order, reply.payment
+    print(
+        f"order {o.id} {orders_pb2.OrderStatus.Name(o.status)} total {from_proto(o.total)}; "
+        f"payment {p.id} "
+        f"{payments_pb2.PaymentStatus.Name(p.status)} card ****{p.card_last4}"
+    )
+    return 0
+
+
+async def watch(ns: argparse.Namespace) -> int:
+    window = duration_pb2.Duration()
+    window.FromNanoseconds(int(ns.window * 1e9))
+    interval = duration_pb2.Duration()
+    interval.FromNanoseconds(int(ns.interval * 1e9))
+    request = analytics_pb2.StreamRealTimeMetricsRequest(window=window, interval=interval)
+    async with grpc.aio.insecure_channel(ns.addr) as channel:
+        stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+        call = stub.StreamRealTimeMetrics(request)
+        seen = 0
+        try:
+            async for reply in call:
+                _print_snapshot(reply.snapshot, as_json=ns.json)
+                seen += 1
+                if ns.count and seen >= ns.count:
+                    call.cancel()
+                    break
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                print(f"shop watch: {err.code().name}: {err.details()}", file=sys.stderr)
+                return 1
+        except asyncio.CancelledError:
+            call.cancel()
+    return 0
+
+
+def _print_snapshot(s: analytics_pb2.MetricsSnapshot, *, as_json: bool) -> None:
+    if as_json:
+        print(json_format.MessageToJson(s, indent=None), flush=True)
+        return
+    revenue = ", ".join(str(from_proto(m)) for m in s.revenue) or "0"
+    print(
+        f"{s.as_of.ToDatetime():%H:%M:%S} window {s.window.ToTimedelta().total_seconds():g}s  "
+        f"orders/s {s.orders_per_second:.2f}  created {s.orders_created}  paid {s.orders_paid}  "
+        f"cancelled {s.orders_cancelled}  revenue {revenue}  decline rate {s.decline_rate:.1%}",
+        flush=True,
+    )
