@@ -26,7 +26,10 @@ from typing import TypeVar
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError, Message
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import (  # type: ignore[import-untyped, unused-ignore]
+    error_details_pb2,
+    status_pb2,
+)
 from grpc_status import rpc_status
 
 __all__ = [
@@ -118,7 +121,8 @@ class StatusError(Exception):
 
     def to_status(self) -> grpc.Status:
         """The ``grpc.Status`` whose trailers carry ``grpc-status-details-bin``."""
-        return rpc_status.to_status(self.to_proto())  # type: ignore[no-any-return]
+        status: grpc.Status = rpc_status.to_status(self.to_proto())
+        return status
 
     @classmethod
     def from_proto(cls, status: status_pb2.Status) -> StatusError:
@@ -152,7 +156,7 @@ class StatusError(Exception):
 
 def _unpack(packed: any_pb2.Any) -> Message:
     for cls in _KNOWN_DETAILS:
-        if packed.Is(cls.DESCRIPTOR):
+        if packed.Is(cls.DESCRIPTOR):  # type: ignore[arg-type, unused-ignore]
             message = cls()
             packed.Unpack(message)
             return message
@@ -219,9 +223,7 @@ def not_found(
     resource = error_details_pb2.ResourceInfo(
         resource_type=resource_type, resource_name=resource_name
     )
-    return StatusError(
-        grpc.StatusCode.NOT_FOUND, message, _error_info(reason, domain), resource
-    )
+    return StatusError(grpc.StatusCode.NOT_FOUND, message, _error_info(reason, domain), resource)
 
 
 def already_exists(
@@ -314,9 +316,7 @@ def resource_exhausted(
     return StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, *details)
 
 
-def internal(
-    message: str = "internal error", *, error_id: str, domain: str = ""
-) -> StatusError:
+def internal(message: str = "internal error", *, error_id: str, domain: str = "") -> StatusError:
     """INTERNAL with ``ErrorInfo(reason="INTERNAL", metadata={"error_id": ...})``.
 
     The message must not describe the failure; the error id points at the logged traceback.

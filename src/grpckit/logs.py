@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
@@ -50,9 +50,7 @@ def configure_logging(
     if service:
         shared.append(_add_service(service))
     renderer: Processor = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[
@@ -89,4 +87,5 @@ def get_logger(name: str, **bound: Any) -> structlog.stdlib.BoundLogger:
 
     Example: ``log = get_logger("orders.store", shard=3); log.info("opened")``
     """
-    return cast(structlog.stdlib.BoundLogger, structlog.stdlib.get_logger(name, **bound))
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name, **bound)
+    return logger

@@ -53,7 +53,7 @@ def _with_request_id(metadata: Any, request_id: str | bytes) -> grpc.aio.Metadat
 Continuation = Callable[[Any, Any], Any]
 
 
-class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, default_timeout: float | None) -> None:
         self._default = default_timeout
 
@@ -63,7 +63,7 @@ class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(_details(client_call_details, self._default), request)
 
 
-class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, default_timeout: float | None) -> None:
         self._default = default_timeout
 
@@ -73,7 +73,7 @@ class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(_details(client_call_details, self._default), request)
 
 
-class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, default_timeout: float | None) -> None:
         self._default = default_timeout
 
@@ -83,7 +83,7 @@ class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
         return await continuation(_details(client_call_details, self._default), request_iterator)
 
 
-class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, default_timeout: float | None) -> None:
         self._default = default_timeout
 
@@ -93,7 +93,7 @@ class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
         return await continuation(_details(client_call_details, self._default), request_iterator)
 
 
-def propagation_interceptors(default_timeout: float | None) -> list[grpc.aio.ClientInterceptor]:
+def propagation_interceptors(default_timeout: float | None) -> list[Any]:
     """The four interceptors (one per RPC kind) that :func:`grpckit.dial` installs."""
     return [
         _UnaryUnary(default_timeout),

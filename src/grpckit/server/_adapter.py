@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -36,7 +36,10 @@ __all__ = ["Adapter"]
 
 _log = structlog.stdlib.get_logger("grpckit.server")
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+if TYPE_CHECKING:
+    Continuation = Callable[
+        [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+    ]
 
 
 class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -51,14 +54,14 @@ class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> None:
         self._interceptors = tuple(interceptors)
         self._include_builtin = include_builtin
-        self._cache: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
+        self._cache: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any]:  # None when the method is unknown
         handler = await continuation(handler_call_details)
         if handler is None or not self._interceptors:
-            return handler
+            return handler  # type: ignore[return-value]
         full_method: str = handler_call_details.method
         cached = self._cache.get(full_method)
         if cached is not None and cached[0] is _behavior(handler):
@@ -76,19 +79,19 @@ def _split(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-def _behavior(handler: grpc.RpcMethodHandler) -> Any:
+def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
     return (
         handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
     )
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler,
+    handler: grpc.RpcMethodHandler[Any, Any],
     full_method: str,
     service: str,
     method: str,
     interceptors: Sequence[Interceptor],
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     kind = RpcKind.of(handler.request_streaming, handler.response_streaming)
     original = _behavior(handler)
     innermost = _INNERMOST[kind](original)
@@ -119,7 +122,7 @@ def _wrap(
     )
 
 
-_FACTORIES: dict[RpcKind, Callable[..., grpc.RpcMethodHandler]] = {
+_FACTORIES: dict[RpcKind, Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
     RpcKind.UNARY: grpc.unary_unary_rpc_method_handler,
     RpcKind.SERVER_STREAM: grpc.unary_stream_rpc_method_handler,
     RpcKind.CLIENT_STREAM: grpc.stream_unary_rpc_method_handler,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 __all__ = ["HealthCheck", "HealthState"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -17,7 +17,8 @@ __all__ = ["PING_SERVICE", "PingServicer"]
 PING_SERVICE = ping_pb2.DESCRIPTOR.services_by_name["PingService"]
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class PingServicer(ping_pb2_grpc.PingServiceServicer):
@@ -53,11 +54,13 @@ class PingServicer(ping_pb2_grpc.PingServiceServicer):
         if request.error_code:
             raise StatusError(_CODES[request.error_code], f"ping failed: {request.message}")
 
-    async def Ping(self, request: ping_pb2.PingRequest, context: Context) -> ping_pb2.PingResponse:
+    async def Ping(  # noqa: N802 - generated servicer name
+        self, request: ping_pb2.PingRequest, context: Context
+    ) -> ping_pb2.PingResponse:
         await self._before(request, context)
         return ping_pb2.PingResponse(message=request.message, index=0)
 
-    async def PingServerStream(
+    async def PingServerStream(  # noqa: N802 - generated servicer name
         self, request: ping_pb2.PingServerStreamRequest, context: Context
     ) -> AsyncIterator[ping_pb2.PingServerStreamResponse]:
         error_code, request.error_code = request.error_code, 0
@@ -68,7 +71,7 @@ class PingServicer(ping_pb2_grpc.PingServiceServicer):
         if error_code:
             raise StatusError(_CODES[error_code], f"ping failed: {request.message}")
 
-    async def PingClientStream(
+    async def PingClientStream(  # noqa: N802 - generated servicer name
         self, request_iterator: AsyncIterator[ping_pb2.PingClientStreamRequest], context: Context
     ) -> ping_pb2.PingClientStreamResponse:
         messages: list[str] = []
@@ -81,7 +84,7 @@ class PingServicer(ping_pb2_grpc.PingServiceServicer):
             raise
         return ping_pb2.PingClientStreamResponse(message=",".join(messages), index=len(messages))
 
-    async def PingBidi(
+    async def PingBidi(  # noqa: N802 - generated servicer name
         self, request_iterator: AsyncIterator[ping_pb2.PingBidiRequest], context: Context
     ) -> AsyncIterator[ping_pb2.PingBidiResponse]:
         index = 0

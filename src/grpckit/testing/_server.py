@@ -54,7 +54,7 @@ class TestServer:
     @property
     def ping(self) -> ping_pb2_grpc.PingServiceAsyncStub:
         """A PingService stub on :attr:`channel`."""
-        return ping_pb2_grpc.PingServiceStub(self.channel)  # type: ignore[return-value]
+        return ping_pb2_grpc.PingServiceStub(self.channel)
 
 
 @contextlib.asynccontextmanager
@@ -86,5 +86,5 @@ async def serve_in_process(
     try:
         yield TestServer(app, channel)
     finally:
-        await channel.close()
+        await channel.close(None)
         await app.stop()
