@@ -25,8 +25,8 @@ import grpc
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.e2e.clients import Stubs, order_request  # noqa: E402
-from tests.e2e.harness import ShopProcess  # noqa: E402
+from tests.e2e.clients import Stubs, order_request
+from tests.e2e.harness import ShopProcess
 
 BASELINE_SERVER = """
 import asyncio, grpc, sys
@@ -70,7 +70,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def baseline(concurrency: int, duration: float) -> float:
-    proc = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER], stdout=subprocess.PIPE)  # noqa: ASYNC220
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
     try:
@@ -79,7 +79,10 @@ async def baseline(concurrency: int, duration: float) -> float:
             await noop(b"")
             n, lat, _ = await drive(lambda: noop(b"", timeout=5), concurrency, duration)
         rate = n / duration
-        print(f"  baseline bare grpc.aio no-op   c={concurrency:<3} {rate:8.0f} calls/s  p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms", flush=True)
+        print(
+            f"  baseline bare grpc.aio no-op   c={concurrency:<3} {rate:8.0f} calls/s  p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms",
+            flush=True,
+        )
         return rate
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -112,7 +115,10 @@ async def shop_load(shop: ShopProcess, concurrency: int, duration: float) -> flo
         n, lat, errors = await drive(one, concurrency, duration)
         sampler.cancel()
     rate = n / duration
-    print(f"  shop ProcessOrder (SQLite)     c={concurrency:<3} {rate:8.0f} orders/s p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms  errors {errors}  peak RSS {peak / 2**20:.0f} MiB", flush=True)
+    print(
+        f"  shop ProcessOrder (SQLite)     c={concurrency:<3} {rate:8.0f} orders/s p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms  errors {errors}  peak RSS {peak / 2**20:.0f} MiB",
+        flush=True,
+    )
     return rate
 
 
@@ -134,10 +140,15 @@ async def leak_check(shop: ShopProcess, total: int) -> None:
                 if done in marks:
                     marks[done] = rss.memory_info().rss / 2**20
                 if done % 1000 == 0:
-                    print(f"    {done} orders, RSS {rss.memory_info().rss / 2**20:.0f} MiB", flush=True)
+                    print(
+                        f"    {done} orders, RSS {rss.memory_info().rss / 2**20:.0f} MiB",
+                        flush=True,
+                    )
 
         await asyncio.gather(*(worker(i) for i in range(16)))
-    print(f"  RSS after 1,000 orders {marks[1000]:.0f} MiB, after {total:,} orders {marks[total]:.0f} MiB (growth {marks[total] - marks[1000]:+.0f} MiB)")
+    print(
+        f"  RSS after 1,000 orders {marks[1000]:.0f} MiB, after {total:,} orders {marks[total]:.0f} MiB (growth {marks[total] - marks[1000]:+.0f} MiB)"
+    )
 
 
 async def main() -> None:
@@ -147,7 +158,9 @@ async def main() -> None:
     parser.add_argument("--leak-orders", type=int, default=10_000)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    print(f"python {sys.version.split()[0]}, grpcio {grpc.__version__}, {os.cpu_count()} cores; client: grpc.aio, one channel")
+    print(
+        f"python {sys.version.split()[0]}, grpcio {grpc.__version__}, {os.cpu_count()} cores; client: grpc.aio, one channel"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         shop = ShopProcess(Path(tmp) / "data", ["--log-level", "warning"]).start()
         try:

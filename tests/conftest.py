@@ -9,6 +9,7 @@ with a message saying how to enable them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -33,13 +34,18 @@ def _postgres_reachable() -> str | None:
         finally:
             await db.close()
 
-    try:
-        return asyncio.run(probe())
-    except Exception as exc:  # noqa: BLE001 - any failure means unreachable
-        return f"{type(exc).__name__}: {exc}"
+    def run_probe() -> str | None:
+        try:
+            return asyncio.run(probe())
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    # In a worker thread: this is also called from inside a running loop (async fixtures).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(run_probe).result()
 
 
-_PG_PROBLEM: str | None | bool = False
+_PG_PROBLEM: str | bool | None = False
 
 
 def require_postgres() -> None:

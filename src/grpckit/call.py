@@ -97,6 +97,7 @@ class CallInfo:
     msgs_sent: int = 0
     listeners: list[MessageListener] = field(default_factory=list)
     response_headers: list[tuple[str, str | bytes]] = field(default_factory=list)
+    response_trailers: list[tuple[str, str | bytes]] = field(default_factory=list)
     _metadata: Metadata | None = None
 
     @property
@@ -129,6 +130,13 @@ class CallInfo:
         handler still applies, which an early ``send_initial_metadata`` would break.
         """
         self.response_headers.append((key, value))
+
+    def add_response_trailer(self, key: str, value: str | bytes) -> None:
+        """Add trailing metadata, merged with the handler's own trailers when the call ends.
+
+        Cheaper than :meth:`add_response_header`: it rides in the final status batch.
+        """
+        self.response_trailers.append((key, value))
 
     def time_remaining(self) -> float | None:
         """Seconds left before the tighter of the client deadline and :attr:`deadline`."""

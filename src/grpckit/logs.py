@@ -33,6 +33,26 @@ def _add_service(service: str) -> Processor:
     return add
 
 
+_RENDERED = "_grpckit_rendered"
+
+
+def _hand_to_stdlib(
+    _: WrappedLogger, __: str, rendered: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Pass the already rendered line to stdlib, marked so the formatter leaves it alone."""
+    return (rendered,), {"extra": {_RENDERED: True}}
+
+
+class _Formatter(structlog.stdlib.ProcessorFormatter):
+    """Lines rendered by structlog pass through untouched (no second LogRecord, no re-render);
+    records from plain stdlib loggers (grpc, sqlalchemy ...) are rendered the same way."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, _RENDERED, False):
+            return str(record.msg)
+        return super().format(record)
+
+
 def configure_logging(
     level: str = "info", *, json: bool = True, service: str | None = None
 ) -> None:
@@ -58,13 +78,15 @@ def configure_logging(
             *shared,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            structlog.processors.format_exc_info,
+            renderer,
+            _hand_to_stdlib,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = _Formatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -1,9 +1,9 @@
 """The ``shop`` command: run the system, place an order, watch live metrics.
 
-    shop up                       every service on one gRPC port (default 50051)
-    shop serve orders --port 0    one service; peers by --<peer>-addr or SHOP_<PEER>_ADDR
-    shop order                    place an order through the gateway and print the outcome
-    shop watch                    print the live metrics stream
+shop up                       every service on one gRPC port (default 50051)
+shop serve orders --port 0    one service; peers by --<peer>-addr or SHOP_<PEER>_ADDR
+shop order                    place an order through the gateway and print the outcome
+shop watch                    print the live metrics stream
 """
 
 from __future__ import annotations
@@ -21,16 +21,53 @@ from shop.system import ProcessConfig, run
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=Path("./.shop"), help="where SQLite files and keys live (default ./.shop)")
-    p.add_argument("--database-url", default=None, help="e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/shop (default: SQLite files in the data dir)")
-    p.add_argument("--no-demo", action="store_true", help="do not seed the demo catalog into an empty store")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces)")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get to finish on SIGTERM (default 10)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("./.shop"),
+        help="where SQLite files and keys live (default ./.shop)",
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/shop (default: SQLite files in the data dir)",
+    )
+    p.add_argument(
+        "--no-demo", action="store_true", help="do not seed the demo catalog into an empty store"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds in-flight calls get to finish on SIGTERM (default 10)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--call-timeout", type=float, default=5.0, help="default deadline of internal calls, seconds")
-    p.add_argument("--fault-kill-after", choices=SAGA_STEPS, default=None, help="testing: SIGKILL the process right after this saga step is journaled")
-    p.add_argument("--payment-latency-ms", type=int, default=0, help="simulated payment provider latency")
-    p.add_argument("--payment-failure-rate", type=float, default=0.0, help="share of provider calls failing with UNAVAILABLE (0..1)")
+    p.add_argument(
+        "--call-timeout",
+        type=float,
+        default=5.0,
+        help="default deadline of internal calls, seconds",
+    )
+    p.add_argument(
+        "--fault-kill-after",
+        choices=SAGA_STEPS,
+        default=None,
+        help="testing: SIGKILL the process right after this saga step is journaled",
+    )
+    p.add_argument(
+        "--payment-latency-ms", type=int, default=0, help="simulated payment provider latency"
+    )
+    p.add_argument(
+        "--payment-failure-rate",
+        type=float,
+        default=0.0,
+        help="share of provider calls failing with UNAVAILABLE (0..1)",
+    )
 
 
 def _settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Settings:
@@ -47,35 +84,69 @@ def _settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shop", description="The shop reference system built on grpckit.")
+    parser = argparse.ArgumentParser(
+        prog="shop", description="The shop reference system built on grpckit."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run every service in this process")
-    up.add_argument("--grpc-port", type=int, default=50051, help="gRPC port for all services (default 50051; 0 picks one)")
-    up.add_argument("--http-port", type=int, default=8080, help="HTTP port for /healthz (default 8080; 0 picks one)")
+    up.add_argument(
+        "--grpc-port",
+        type=int,
+        default=50051,
+        help="gRPC port for all services (default 50051; 0 picks one)",
+    )
+    up.add_argument(
+        "--http-port",
+        type=int,
+        default=8080,
+        help="HTTP port for /healthz (default 8080; 0 picks one)",
+    )
     _settings_args(up)
 
     serve = sub.add_parser("serve", help="run one service")
     serve.add_argument("service", choices=SERVICES)
     serve.add_argument("--port", type=int, default=0, help="gRPC port (default 0: pick a free one)")
-    serve.add_argument("--http-port", type=int, default=None, help="HTTP port for /healthz (default: none)")
+    serve.add_argument(
+        "--http-port", type=int, default=None, help="HTTP port for /healthz (default: none)"
+    )
     for peer in SERVICES:
-        serve.add_argument(f"--{peer}-addr", default=None, help=f"address of the {peer} service (or SHOP_{peer.upper()}_ADDR)")
+        serve.add_argument(
+            f"--{peer}-addr",
+            default=None,
+            help=f"address of the {peer} service (or SHOP_{peer.upper()}_ADDR)",
+        )
     _settings_args(serve)
 
     order = sub.add_parser("order", help="place an order through the gateway and print the outcome")
-    order.add_argument("--addr", default="localhost:50051", help="gateway address (default localhost:50051)")
-    order.add_argument("--user-id", default=None, help="an existing user (default: register a new demo user)")
-    order.add_argument("--item", action="append", default=[], metavar="PRODUCT[:QTY]", help="product id or sku, repeatable (default: the first catalog product)")
-    order.add_argument("--card", default="4242424242424242", help="card number (4000000000000002 declines)")
+    order.add_argument(
+        "--addr", default="localhost:50051", help="gateway address (default localhost:50051)"
+    )
+    order.add_argument(
+        "--user-id", default=None, help="an existing user (default: register a new demo user)"
+    )
+    order.add_argument(
+        "--item",
+        action="append",
+        default=[],
+        metavar="PRODUCT[:QTY]",
+        help="product id or sku, repeatable (default: the first catalog product)",
+    )
+    order.add_argument(
+        "--card", default="4242424242424242", help="card number (4000000000000002 declines)"
+    )
     order.add_argument("--idempotency-key", default="", help="reuse to retry safely")
     order.add_argument("--json", action="store_true", help="print the response as JSON")
 
     watch = sub.add_parser("watch", help="print the live metrics stream")
-    watch.add_argument("--addr", default="localhost:50051", help="analytics address (default localhost:50051)")
+    watch.add_argument(
+        "--addr", default="localhost:50051", help="analytics address (default localhost:50051)"
+    )
     watch.add_argument("--window", type=float, default=10.0, help="window in seconds: 1, 10 or 60")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
-    watch.add_argument("--count", type=int, default=0, help="stop after this many snapshots (0: until Ctrl-C)")
+    watch.add_argument(
+        "--count", type=int, default=0, help="stop after this many snapshots (0: until Ctrl-C)"
+    )
     watch.add_argument("--json", action="store_true", help="one JSON object per snapshot")
     return parser
 

@@ -86,7 +86,9 @@ async def run(settings: Settings, config: ProcessConfig) -> int:
         http_address=f"{config.host}:{ops.port}" if ops else None,
         services=[FULL_NAMES[s] for s in config.services],
         data_dir=str(settings.data_dir),
-        database="postgresql" if (settings.database_url or "").startswith("postgresql") else "sqlite",
+        database="postgresql"
+        if (settings.database_url or "").startswith("postgresql")
+        else "sqlite",
     )
     await app.wait_for_termination()
     log.info("stopped")
@@ -107,6 +109,8 @@ def _healthz(target: str, names: Sequence[str]) -> Callable[[], Awaitable[tuple[
                 except grpc.aio.AioRpcError as err:
                     statuses[name or "overall"] = f"UNREACHABLE ({err.code().name})"
         ok = all(v == "SERVING" for v in statuses.values())
-        return json_response(200 if ok else 503, {"status": "ok" if ok else "unavailable", **statuses})
+        return json_response(
+            200 if ok else 503, {"status": "ok" if ok else "unavailable", **statuses}
+        )
 
     return route

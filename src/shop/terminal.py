@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
 import sys
 
@@ -40,7 +39,9 @@ async def _demo_user(channel: grpc.aio.Channel) -> str:
     users = users_pb2_grpc.UserServiceStub(channel)
     email = f"demo-{secrets.token_hex(4)}@example.com"
     reply = await users.CreateUser(
-        users_pb2.CreateUserRequest(email=email, password=secrets.token_urlsafe(12), name="Demo Customer"),
+        users_pb2.CreateUserRequest(
+            email=email, password=secrets.token_urlsafe(12), name="Demo Customer"
+        ),
         timeout=TIMEOUT,
     )
     print(f"registered demo user {reply.user.email} ({reply.user.id})")
@@ -50,15 +51,21 @@ async def _demo_user(channel: grpc.aio.Channel) -> str:
 async def _items(channel: grpc.aio.Channel, specs: list[str]) -> list[common_pb2.LineItem]:
     catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
     if not specs:
-        page = await catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=1), timeout=TIMEOUT)
+        page = await catalog.ListProducts(
+            catalog_pb2.ListProductsRequest(page_size=1), timeout=TIMEOUT
+        )
         if not page.products:
-            raise LookupError("the catalog is empty: start with demo data or pass --item PRODUCT_ID")
+            raise LookupError(
+                "the catalog is empty: start with demo data or pass --item PRODUCT_ID"
+            )
         specs = [page.products[0].id]
     items = []
     for spec in specs:
         key, _, qty = spec.partition(":")
         if not is_id(key):  # a sku: look it up
-            found = await catalog.SearchProducts(catalog_pb2.SearchProductsRequest(query=key), timeout=TIMEOUT)
+            found = await catalog.SearchProducts(
+                catalog_pb2.SearchProductsRequest(query=key), timeout=TIMEOUT
+            )
             match = [p for p in found.products if p.sku == key]
             if not match:
                 raise LookupError(f"no product with id or sku {key!r}")
@@ -80,7 +87,9 @@ async def order(ns: argparse.Namespace) -> int:
                 ),
                 idempotency_key=ns.idempotency_key or secrets.token_hex(16),
             )
-            reply = await gateway_pb2_grpc.GatewayServiceStub(channel).ProcessOrder(request, timeout=30)
+            reply = await gateway_pb2_grpc.GatewayServiceStub(channel).ProcessOrder(
+                request, timeout=30
+            )
         except grpc.aio.AioRpcError as err:
             return _fail(err)
         except LookupError as exc:

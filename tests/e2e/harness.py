@@ -47,7 +47,7 @@ class ShopProcess:
         )
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
         ready = self.wait_for(lambda r: r.get("event") == "ready", READY_TIMEOUT)
-        host, _, port = ready["grpc_address"].rpartition(":")
+        port = ready["grpc_address"].rpartition(":")[2]
         self.grpc_address = f"127.0.0.1:{port}"
         self.http_port = int(ready["http_address"].rpartition(":")[2])
         return self
@@ -67,7 +67,9 @@ class ShopProcess:
             self.records.append({"event": "process-exited"})
             self._cond.notify_all()
 
-    def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any]:
+    def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+    ) -> dict[str, Any]:
         """Block until a log record matches (or fail with the tail of the log)."""
         deadline = time.monotonic() + timeout
         seen = 0
@@ -81,7 +83,9 @@ class ShopProcess:
                 seen = len(self.records)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"no matching log record in {timeout}s; tail:\n{self.tail()}")
+                    raise AssertionError(
+                        f"no matching log record in {timeout}s; tail:\n{self.tail()}"
+                    )
                 self._cond.wait(left)
 
     def tail(self, n: int = 30) -> str:

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.e2e
 
 
 async def _count_products(stubs: Stubs) -> int:
-    page = await stubs.catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=100), timeout=5)
+    page = await stubs.catalog.ListProducts(
+        catalog_pb2.ListProductsRequest(page_size=100), timeout=5
+    )
     return len(page.products)
 
 
@@ -37,7 +39,9 @@ async def test_data_survives_a_restart(tmp_path: Path) -> None:
     try:
         async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
             stubs = Stubs.on(ch)
-            order = await stubs.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=paid.order.id), timeout=5)
+            order = await stubs.orders.GetOrder(
+                orders_pb2.GetOrderRequest(order_id=paid.order.id), timeout=5
+            )
             assert order.order.status == orders_pb2.ORDER_STATUS_PAID
             assert await _count_products(stubs) == products  # demo data not seeded twice
             assert await stubs.stock(product.id) == product.stock - 1
@@ -71,7 +75,9 @@ async def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path) -> None:
         ("process_payment", orders_pb2.ORDER_STATUS_PAID),
     ],
 )
-async def test_crash_mid_saga_is_recovered_on_restart(tmp_path: Path, step: str, final: int) -> None:
+async def test_crash_mid_saga_is_recovered_on_restart(
+    tmp_path: Path, step: str, final: int
+) -> None:
     shop = ShopProcess(tmp_path / "data", ["--fault-kill-after", step]).start()
     async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
         stubs = Stubs.on(ch)
@@ -100,7 +106,9 @@ async def test_crash_mid_saga_is_recovered_on_restart(tmp_path: Path, step: str,
             payments = await stubs.payments.ListPayments(
                 payments_pb2.ListPaymentsRequest(order_id=orders[0].id), timeout=5
             )
-            captured = [p for p in payments.payments if p.status == payments_pb2.PAYMENT_STATUS_CAPTURED]
+            captured = [
+                p for p in payments.payments if p.status == payments_pb2.PAYMENT_STATUS_CAPTURED
+            ]
             assert len(captured) == (1 if final == orders_pb2.ORDER_STATUS_PAID else 0)
     finally:
         assert shop.stop() == 0
@@ -120,7 +128,9 @@ async def test_runs_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     try:
         async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
             stubs = Stubs.on(ch)
-            order = await stubs.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=reply.order.id), timeout=5)
+            order = await stubs.orders.GetOrder(
+                orders_pb2.GetOrderRequest(order_id=reply.order.id), timeout=5
+            )
             assert order.order.status == orders_pb2.ORDER_STATUS_PAID
     finally:
         assert shop.stop() == 0

@@ -32,20 +32,26 @@ SERVICES = [
 ]
 
 
-async def test_health_of_every_service_and_healthz(shop: ShopProcess, channel: grpc.aio.Channel) -> None:
+async def test_health_of_every_service_and_healthz(
+    shop: ShopProcess, channel: grpc.aio.Channel
+) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     for name in ["", *SERVICES]:
         reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
     body = await asyncio.to_thread(
-        lambda: urllib.request.urlopen(f"http://127.0.0.1:{shop.http_port}/healthz", timeout=5).read()
+        lambda: urllib.request.urlopen(
+            f"http://127.0.0.1:{shop.http_port}/healthz", timeout=5
+        ).read()
     )
     assert json.loads(body)["status"] == "ok"
 
 
 async def test_demo_catalog_is_seeded(channel: grpc.aio.Channel) -> None:
     stubs = Stubs.on(channel)
-    page = await stubs.catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=100), timeout=5)
+    page = await stubs.catalog.ListProducts(
+        catalog_pb2.ListProductsRequest(page_size=100), timeout=5
+    )
     assert len(page.products) >= 20
     assert all(p.stock > 0 and (p.price.units or p.price.nanos) for p in page.products)
 
@@ -53,7 +59,9 @@ async def test_demo_catalog_is_seeded(channel: grpc.aio.Channel) -> None:
 async def test_happy_path_pays_the_order(channel: grpc.aio.Channel) -> None:
     stubs = Stubs.on(channel)
     user_id, product = await stubs.customer(), await stubs.product()
-    reply = await stubs.gateway.ProcessOrder(order_request(user_id, product.id, quantity=2), timeout=15)
+    reply = await stubs.gateway.ProcessOrder(
+        order_request(user_id, product.id, quantity=2), timeout=15
+    )
     assert reply.order.status == orders_pb2.ORDER_STATUS_PAID
     assert reply.payment.status == payments_pb2.PAYMENT_STATUS_CAPTURED
     assert reply.payment.card_last4 == "4242"
@@ -68,7 +76,9 @@ async def test_happy_path_pays_the_order(channel: grpc.aio.Channel) -> None:
     assert details.payment.id == reply.payment.id
 
 
-@pytest.mark.parametrize(("card", "code"), [(DECLINE, "card_declined"), (INSUFFICIENT, "insufficient_funds")])
+@pytest.mark.parametrize(
+    ("card", "code"), [(DECLINE, "card_declined"), (INSUFFICIENT, "insufficient_funds")]
+)
 async def test_declined_card_compensates(channel: grpc.aio.Channel, card: str, code: str) -> None:
     stubs = Stubs.on(channel)
     user_id, product = await stubs.customer(), await stubs.product(1)

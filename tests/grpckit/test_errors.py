@@ -14,7 +14,7 @@ from grpckit.testing.api.v1 import ping_pb2
 class RichPing(PingServicer):
     """Raises the error named by the request message."""
 
-    async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:
+    async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:  # noqa: N802
         raise ERRORS[request.message]
 
 

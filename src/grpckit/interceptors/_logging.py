@@ -18,7 +18,7 @@ import logging as stdlib_logging
 import time
 import uuid
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import structlog
@@ -30,6 +30,8 @@ from grpckit.middleware import Interceptor, Next
 __all__ = ["DEFAULT_REDACTED", "level_for", "logging"]
 
 REQUEST_ID_KEY = "x-request-id"
+#: Where the logging interceptor returns the request id: initial or trailing metadata, or not.
+EchoRequestId = Literal["initial", "trailing"] | None
 #: Metadata keys whose values are never logged (substring match, lowercase).
 DEFAULT_REDACTED = frozenset({"authorization", "cookie", "token", "secret", "password", "api-key"})
 
@@ -63,24 +65,29 @@ def level_for(code: grpc.StatusCode) -> int:
 
 
 class _Logging:
-    __slots__ = ("_log", "_log_metadata", "_redacted")
+    __slots__ = ("_echo", "_log", "_log_metadata", "_redacted")
 
     def __init__(
         self,
         logger: structlog.stdlib.BoundLogger,
         log_metadata: bool,
         redacted: Collection[str],
+        echo: EchoRequestId,
     ) -> None:
         self._log = logger
         self._log_metadata = log_metadata
         self._redacted = tuple(k.lower() for k in redacted)
+        self._echo = echo
 
     async def intercept(self, call: CallInfo, next_: Next) -> None:
         request_id = call.header(REQUEST_ID_KEY)
         if not isinstance(request_id, str) or not request_id:
             request_id = uuid.uuid4().hex
         call.request_id = request_id
-        call.add_response_header(REQUEST_ID_KEY, request_id)
+        if self._echo == "initial":
+            call.add_response_header(REQUEST_ID_KEY, request_id)
+        elif self._echo == "trailing":
+            call.add_response_trailer(REQUEST_ID_KEY, request_id)
         started = time.perf_counter()
         error: BaseException | None = None
         try:
@@ -138,6 +145,7 @@ def logging(
     *,
     log_metadata: bool = True,
     redacted: Collection[str] = DEFAULT_REDACTED,
+    echo_request_id: EchoRequestId = "initial",
 ) -> Interceptor:
     """Log one ``event="rpc"`` record per finished call, at a level chosen by its code.
 
@@ -145,8 +153,15 @@ def logging(
     RESOURCE_EXHAUSTED at warning, server-side failures (INTERNAL, UNKNOWN, DATA_LOSS,
     UNAVAILABLE, DEADLINE_EXCEEDED, UNIMPLEMENTED) at error.
 
+    ``echo_request_id`` chooses how the request id goes back to the caller: ``"initial"``
+    (initial metadata; costs grpc.aio one extra batch per call, see docs/grpckit.md),
+    ``"trailing"`` (rides in the status batch, nearly free) or ``None``.
+
     Example: ``App(interceptors=[recovery(), logging(get_logger("orders.rpc"))])``
     """
     return _Logging(
-        logger if logger is not None else get_logger("grpckit.rpc"), log_metadata, redacted
+        logger if logger is not None else get_logger("grpckit.rpc"),
+        log_metadata,
+        redacted,
+        echo_request_id,
     )

@@ -60,7 +60,7 @@ class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any]:  # None when the method is unknown
         handler = await continuation(handler_call_details)
-        if handler is None or not self._interceptors:
+        if handler is None:
             return handler  # type: ignore[return-value]
         full_method: str = handler_call_details.method
         cached = self._cache.get(full_method)
@@ -108,11 +108,10 @@ def _wrap(
             await run(call)
         except BaseException as exc:
             await _fail(call, exc)
-        if handler.response_streaming:
-            await flush_headers(call)
-            return None
         await flush_headers(call)
-        return call.response
+        if call.response_trailers:
+            context.set_trailing_metadata(_trailers(call))
+        return None if handler.response_streaming else call.response
 
     factory = _FACTORIES[kind]
     return factory(
@@ -187,8 +186,8 @@ async def flush_headers(call: CallInfo) -> None:
     headers, call.response_headers = tuple(call.response_headers), []
     try:
         await call.context.send_initial_metadata(headers)
-    except grpc.aio.UsageError:  # the handler already sent its own headers
-        _log.debug("rpc.headers_already_sent", method=call.full_method)
+    except grpc.aio.UsageError:  # the handler sent its own headers: fall back to trailers
+        call.response_trailers.extend(headers)
 
 
 async def _fail(call: CallInfo, exc: BaseException) -> None:
@@ -209,7 +208,14 @@ async def _fail(call: CallInfo, exc: BaseException) -> None:
     await call.context.abort(status.code, status.details, _trailers(call, status))
 
 
-def _trailers(call: CallInfo, status: grpc.Status) -> tuple[tuple[str, str | bytes], ...]:
-    existing = call.context.trailing_metadata() or ()
-    kept = tuple((k, v) for k, v in existing if k != STATUS_DETAILS_KEY)
+def _trailers(
+    call: CallInfo, status: grpc.Status | None = None
+) -> tuple[tuple[str, str | bytes], ...]:
+    """The handler's trailers + the interceptors' + the status details (replacing any)."""
+    existing = tuple(call.context.trailing_metadata() or ())
+    merged = existing + tuple(call.response_trailers)
+    call.response_trailers = []
+    if status is None:
+        return merged
+    kept = tuple((k, v) for k, v in merged if k != STATUS_DETAILS_KEY)
     return kept + tuple(status.trailing_metadata)

@@ -71,6 +71,8 @@ class App:
         self._stop_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._terminated = asyncio.Event()
+        self._start_finished = asyncio.Event()
+        self._starting = False
 
     # -- registration -------------------------------------------------------------------------
 
@@ -141,9 +143,21 @@ class App:
 
     async def start(self) -> None:
         """Bind, register health and reflection, run start hooks, start, mark SERVING."""
-        if self._started:
+        if self._started or self._starting:
+            await self._start_finished.wait()
             return
+        self._starting = True
         self._loop = asyncio.get_running_loop()
+        try:
+            await self._start()
+        finally:
+            self._start_finished.set()
+
+    async def wait_for_start(self) -> None:
+        """Return once start() has finished (successfully or not)."""
+        await self._start_finished.wait()
+
+    async def _start(self) -> None:
         self.bind()
         server = self._create_server()
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
@@ -166,6 +180,8 @@ class App:
 
     async def _stop(self, grace: float | None) -> None:
         grace = self.config.grace_period if grace is None else grace
+        if self._starting:
+            await self._start_finished.wait()
         try:
             await self._health.shutdown()
             if self._server is not None:
@@ -197,8 +213,8 @@ class App:
 
     async def serve(self) -> None:
         """start(), stop on SIGINT/SIGTERM, return normally once drained."""
-        await self.start()
         loop = asyncio.get_running_loop()
+        self._loop = loop
         installed: list[signal.Signals] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -207,6 +223,7 @@ class App:
             except (NotImplementedError, RuntimeError):  # not the main thread / platform
                 pass
         try:
+            await self.start()
             await self.wait_for_termination()
             if self._stop_task is not None:
                 await self._stop_task

@@ -10,9 +10,11 @@ Money is integer minor units per ISO 4217 currency, as in ``shop.common.money``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from operator import itemgetter
+from typing import Any
 
 from shop.common.money import DEFAULT_CURRENCY
 
@@ -20,8 +22,7 @@ __all__ = [
     "WINDOWS",
     "Alert",
     "BatchOutcome",
-    "Candidate",
-    "Fact",
+    "EventColumns",
     "Kind",
     "Snapshot",
     "UnknownWindowError",
@@ -61,11 +62,62 @@ class Verdict(IntEnum):
     DUPLICATE = 3
 
 
-#: A validated event: (index in its batch, event id, kind, occurred second, currency, minor).
-#: ``currency`` is "" and ``minor`` 0 when the event has no amount.
-Candidate = tuple[int, str, int, int, str, int]
-#: An enriched event as aggregation sees it: (kind, bucket second, currency, minor units).
-Fact = tuple[int, int, str, int]
+@dataclass(frozen=True, slots=True)
+class EventColumns:
+    """A batch of events as columns: entry ``i`` of every column is one event.
+
+    Stages pass whole columns along (built and checked with C-level ``map``/``zip``/``set``
+    calls), so the Python interpreter does little work per event. ``indexes`` are the events'
+    positions in the batch as received, for the acks. ``currency`` is "" and ``minor`` 0 for an
+    event without an amount.
+
+    Example: ``EventColumns.of([(0, "e-1", Kind.ORDER_CREATED, 1_700_000_000, "USD", 1999)])``
+    """
+
+    indexes: Sequence[int]
+    ids: Sequence[str]
+    kinds: Sequence[int]
+    seconds: Sequence[int]
+    currencies: Sequence[str]
+    minors: Sequence[int]
+
+    @staticmethod
+    def of(rows: Iterable[tuple[int, str, int, int, str, int]]) -> EventColumns:
+        """Columns from ``(index, id, kind, second, currency, minor)`` rows."""
+        columns = tuple(zip(*rows, strict=True))
+        return EventColumns(*columns) if columns else EMPTY
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self) -> Iterator[tuple[int, str, int, int, str, int]]:
+        """The events as ``(index, id, kind, second, currency, minor)`` tuples."""
+        return zip(
+            self.indexes,
+            self.ids,
+            self.kinds,
+            self.seconds,
+            self.currencies,
+            self.minors,
+            strict=True,
+        )
+
+    def select(self, positions: Sequence[int]) -> EventColumns:
+        """The events at ``positions`` (positions in these columns, not batch indexes)."""
+        if len(positions) == len(self.ids):
+            return self
+        take = itemgetter(*positions) if positions else None
+        if take is None:
+            return EMPTY
+        if len(positions) == 1:
+            return EventColumns(*([take(column)] for column in self._columns()))
+        return EventColumns(*(take(column) for column in self._columns()))
+
+    def _columns(self) -> tuple[Sequence[Any], ...]:
+        return (self.indexes, self.ids, self.kinds, self.seconds, self.currencies, self.minors)
+
+
+EMPTY = EventColumns((), (), (), (), (), ())
 
 
 class UnknownWindowError(ValueError):
@@ -97,7 +149,7 @@ class BatchOutcome:
         for event_id, verdict, reason in outcome.acks(): ...
     """
 
-    event_ids: list[str]
+    event_ids: Sequence[str]
     rejections: list[tuple[int, str]] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)

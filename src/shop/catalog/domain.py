@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from shop.common.money import Money
@@ -22,6 +22,9 @@ MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 5000
 MAX_QUERY_WORDS = 10
 MAX_QUERY_LENGTH = 200
+MAX_BATCH_IDS = 100
+MAX_RESERVE_ITEMS = 100
+MAX_REPORTED_FAILURES = 100
 
 _SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -196,3 +199,35 @@ def query_violations(query: str) -> list[Violation]:
     if len(search_words(query)) > MAX_QUERY_WORDS:
         return [("query", f"must have at most {MAX_QUERY_WORDS} words")]
     return []
+
+
+@dataclass(frozen=True)
+class ImportFailure:
+    """One streamed product that was not stored: its position, sku and why."""
+
+    index: int
+    sku: str
+    reason: str
+
+
+@dataclass
+class ImportSummary:
+    """Running totals of an import. Only the first MAX_REPORTED_FAILURES failures are listed."""
+
+    created: int = 0
+    updated: int = 0
+    failed: int = 0
+    failures: list[ImportFailure] = field(default_factory=list)
+
+    def stored(self, created: Iterable[bool]) -> None:
+        for was_created in created:
+            if was_created:
+                self.created += 1
+            else:
+                self.updated += 1
+
+    def reject(self, index: int, sku: str, violations: Iterable[Violation]) -> None:
+        self.failed += 1
+        if len(self.failures) < MAX_REPORTED_FAILURES:
+            reason = "; ".join(f"{path}: {problem}" for path, problem in violations)
+            self.failures.append(ImportFailure(index, sku, reason))

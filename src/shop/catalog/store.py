@@ -203,18 +203,33 @@ class CatalogStore:
         return await _once_more_on_conflict(lambda: self._upsert(drafts, now))
 
     async def _upsert(self, drafts: Sequence[ProductDraft], now: datetime) -> list[bool]:
-        created: list[bool] = []
+        """Three statements per batch: find the skus, bulk insert, bulk update by id."""
         async with self._db.transaction() as session:
+            skus = {draft.sku for draft in drafts}
+            rows = await session.execute(
+                sa.select(ProductRow.sku, ProductRow.id).where(ProductRow.sku.in_(skus))
+            )
+            ids: dict[str, str] = {sku: product_id for sku, product_id in rows}
+            created: list[bool] = []
             for draft in drafts:
-                updated = await session.execute(
-                    sa.update(ProductRow)
-                    .where(ProductRow.sku == draft.sku)
-                    .values(**_draft_columns(draft), updated_at=now)
-                )
-                if _rowcount(updated) == 0:
-                    product = new_product(draft, product_id=new_id(), now=now)
-                    await session.execute(sa.insert(ProductRow).values(**_columns(product)))
-                created.append(_rowcount(updated) == 0)
+                created.append(draft.sku not in ids)
+                ids.setdefault(draft.sku, "")  # "": new, a later draft of the sku updates it
+            latest = {draft.sku: draft for draft in drafts}  # a repeated sku: the last one wins
+            inserts = [
+                _columns(new_product(d, product_id=new_id(), now=now))
+                for sku, d in latest.items()
+                if not ids[sku]
+            ]
+            updates = [
+                {"id": ids[sku], **_draft_columns(d), "updated_at": now}
+                for sku, d in latest.items()
+                if ids[sku]
+            ]
+            if inserts:
+                await session.execute(sa.insert(ProductRow), inserts)
+            if updates:  # by id: rows lock in the order ReserveStock locks them
+                updates.sort(key=lambda columns: str(columns["id"]))
+                await session.execute(sa.update(ProductRow), updates)
         return created
 
 

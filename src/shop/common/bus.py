@@ -61,7 +61,7 @@ class InMemoryEventBus:
                 await sub.handler(events)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - isolate consumers from each other
+            except Exception as exc:
                 if self._on_error is not None:
                     self._on_error(sub.group, exc)
 

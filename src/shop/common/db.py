@@ -20,7 +20,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -127,7 +132,7 @@ class Database:
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
-        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        except Exception:
             return False
         return True
 

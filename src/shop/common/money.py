@@ -55,7 +55,11 @@ class Money:
         digits = minor_digits(self.currency)
         sign = "-" if self.minor < 0 else ""
         whole, frac = divmod(abs(self.minor), 10**digits)
-        return f"{sign}{whole}.{frac:0{digits}d} {self.currency}" if digits else f"{sign}{whole} {self.currency}"
+        return (
+            f"{sign}{whole}.{frac:0{digits}d} {self.currency}"
+            if digits
+            else f"{sign}{whole} {self.currency}"
+        )
 
 
 def minor_digits(currency: str) -> int:

@@ -132,5 +132,5 @@ class OutboxRelay:
                 await self.drain()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - keep relaying; the rows stay pending
+            except Exception as exc:
                 _log.warning("outbox publish failed; will retry", error=str(exc))

@@ -65,7 +65,9 @@ class ServiceContext:
     def database(self, service: str) -> Database:
         """The service's database (one per service and process; opened lazily)."""
         if service not in self._databases:
-            url = database_url(service, data_dir=self.settings.data_dir, url=self.settings.database_url)
+            url = database_url(
+                service, data_dir=self.settings.data_dir, url=self.settings.database_url
+            )
             self._databases[service] = Database(url, schema=service)
         return self._databases[service]
 

@@ -37,7 +37,7 @@ class RetryPolicy:
     max_delay: float = 1.0
 
 
-class CompensationStalled(Exception):
+class CompensationStalledError(Exception):
     """An undo action kept failing transiently; the saga stays COMPENSATING."""
 
 
@@ -47,7 +47,12 @@ class Compensator:
     def __init__(self, peers: Peers, policy: RetryPolicy, sleep: Sleep = asyncio.sleep) -> None:
         self._peers = peers
         self._policy = policy
-        self._sleep = sleep
+        self.sleep = sleep
+
+    def delays(self) -> list[float]:
+        """The waits between retries of one call."""
+        policy = self._policy
+        return backoff_delays(policy.attempts, policy.base_delay, policy.max_delay)
 
     async def run(
         self, saga: Saga, plan: Sequence[Compensation], reason: str, journal: Journal
@@ -56,7 +61,7 @@ class Compensator:
         try:
             for action in plan:
                 await self._run_one(saga, action, reason, journal)
-        except CompensationStalled as stalled:
+        except CompensationStalledError as stalled:
             log.warning("compensation stalled", saga_id=saga.id, error=str(stalled))
             return False
         return True
@@ -82,8 +87,8 @@ class Compensator:
             captured = [
                 p.id for p in payments or () if p.status == payments_pb2.PAYMENT_STATUS_CAPTURED
             ]
-            for payment_id in captured:
-                await self._refund(action, payment_id, reason)
+            for captured_id in captured:
+                await self._refund(action, captured_id, reason)
 
     async def _refund(self, action: Compensation, payment_id: str, reason: str) -> None:
         await self._retry(action, lambda: self._peers.refund_payment(payment_id, reason))
@@ -108,12 +113,8 @@ class Compensator:
         await journal(saga)
         return order.id
 
-    async def _retry(
-        self, action: Compensation, call: Callable[[], Awaitable[T]]
-    ) -> T | None:
-        delays = [*backoff_delays(self._policy.attempts, self._policy.base_delay,
-                                  self._policy.max_delay), None]  # fmt: skip
-        for delay in delays:
+    async def _retry(self, action: Compensation, call: Callable[[], Awaitable[T]]) -> T | None:
+        for delay in [*self.delays(), None]:
             try:
                 return await call()
             except StatusError as err:
@@ -122,8 +123,8 @@ class Compensator:
                              reason=err.reason)  # fmt: skip
                     return None
                 if delay is None:
-                    raise CompensationStalled(f"{action.name}: {err}") from err
-                await self._sleep(delay)
+                    raise CompensationStalledError(f"{action.name}: {err}") from err
+                await self.sleep(delay)
         return None
 
 
@@ -135,5 +136,3 @@ def order_key(saga_id: str) -> str:
 def payment_key(saga_id: str) -> str:
     """The ProcessPayment idempotency key of a saga."""
     return f"saga:{saga_id}:payment"
-
-

@@ -61,7 +61,8 @@ STATE_AFTER: Mapping[Step, SagaState] = {
 
 #: Names accepted by ``Settings.fault_kill_after``.
 FAULT_POINTS: tuple[str, ...] = tuple(
-    s.value for s in (Step.VALIDATE_USER, Step.CREATE_ORDER, Step.RESERVE_STOCK, Step.PROCESS_PAYMENT)
+    s.value
+    for s in (Step.VALIDATE_USER, Step.CREATE_ORDER, Step.RESERVE_STOCK, Step.PROCESS_PAYMENT)
 )
 
 
@@ -278,7 +279,7 @@ class Saga:
         return self.result is not None or self.error is not None
 
 
-class SagaConflict(Exception):
+class SagaConflictError(Exception):
     """Another saga already holds (user_id, idempotency_key)."""
 
     def __init__(self, existing: Saga) -> None:
@@ -287,12 +288,12 @@ class SagaConflict(Exception):
 
 
 def check_replay(existing: Saga, request_fingerprint: str) -> None:
-    """Raise :class:`IdempotencyKeyReused` when the key was used for a different request."""
+    """Raise :class:`IdempotencyKeyReusedError` when the key was used for a different request."""
     if existing.fingerprint != request_fingerprint:
-        raise IdempotencyKeyReused(existing.idempotency_key)
+        raise IdempotencyKeyReusedError(existing.idempotency_key)
 
 
-class SagaTakenOver(Exception):
+class SagaTakenOverError(Exception):
     """Another process claimed the saga (its row version moved); this one must stop driving it."""
 
     def __init__(self, saga_id: str) -> None:
@@ -300,7 +301,7 @@ class SagaTakenOver(Exception):
         self.saga_id = saga_id
 
 
-class IdempotencyKeyReused(Exception):
+class IdempotencyKeyReusedError(Exception):
     """The same idempotency key came with a different request."""
 
     def __init__(self, key: str) -> None:
@@ -308,7 +309,7 @@ class IdempotencyKeyReused(Exception):
         self.key = key
 
 
-class SagaInProgress(Exception):
+class SagaInProgressError(Exception):
     """A replay waited for the first call's saga longer than it could."""
 
     def __init__(self, saga_id: str) -> None:

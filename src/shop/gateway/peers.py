@@ -54,6 +54,7 @@ class Peers(Protocol):
 
 
 async def _call(rpc: Callable[[], Awaitable[T]]) -> T:
+    """Await one RPC; a failed call becomes a :class:`StatusError` with its details."""
     try:
         return await rpc()
     except grpc.RpcError as err:
@@ -153,7 +154,9 @@ class GrpcPeers:
             request = payments_pb2.ListPaymentsRequest(
                 order_id=order_id, page_size=100, page_token=token
             )
-            reply = await _call(lambda: self.payments.ListPayments(request, timeout=self.timeout))
+            reply = await _call(
+                lambda r=request: self.payments.ListPayments(r, timeout=self.timeout)  # type: ignore[misc]
+            )
             payments.extend(reply.payments)
             token = reply.next_page_token
             if not token:

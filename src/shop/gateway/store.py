@@ -20,10 +20,10 @@ from shop.gateway.domain import (
     LineItem,
     Progress,
     Saga,
-    SagaConflict,
+    SagaConflictError,
     SagaError,
     SagaState,
-    SagaTakenOver,
+    SagaTakenOverError,
     Step,
     items_key,
 )
@@ -77,7 +77,7 @@ class SagaStore:
         self._db = db
 
     async def create(self, saga: Saga) -> None:
-        """Insert a new saga; raises :class:`SagaConflict` when its key is already taken."""
+        """Insert a new saga; raises :class:`SagaConflictError` when its key is already taken."""
         try:
             async with self._db.transaction() as session:
                 await session.execute(sagas.insert().values(**_to_row(saga)))
@@ -85,12 +85,12 @@ class SagaStore:
             existing = await self.find(saga.user_id, saga.idempotency_key)
             if existing is None:  # the holder vanished between insert and read: not expected
                 raise
-            raise SagaConflict(existing) from None
+            raise SagaConflictError(existing) from None
 
     async def save(self, saga: Saga) -> None:
         """Write every mutable column of ``saga`` (one journal entry).
 
-        Fenced by the row version: raises :class:`SagaTakenOver` when another owner wrote the
+        Fenced by the row version: raises :class:`SagaTakenOverError` when another owner wrote the
         row since ``saga`` was read (a recovery loop elsewhere claimed it).
         """
         row = _to_row(saga)
@@ -105,7 +105,7 @@ class SagaStore:
         async with self._db.transaction() as session:
             result = await session.execute(query)
         if getattr(result, "rowcount", 0) != 1:
-            raise SagaTakenOver(saga.id)
+            raise SagaTakenOverError(saga.id)
         saga.version += 1
 
     async def get(self, saga_id: str) -> Saga | None:

@@ -39,7 +39,7 @@ class OrderError(Exception):
     """Root of the errors an order operation can end with (mapped to gRPC by the service)."""
 
 
-class OrderNotFound(OrderError):
+class OrderNotFoundError(OrderError):
     """No order has this id."""
 
     def __init__(self, order_id: str) -> None:
@@ -47,7 +47,7 @@ class OrderNotFound(OrderError):
         self.order_id = order_id
 
 
-class OrderNotPending(OrderError):
+class OrderNotPendingError(OrderError):
     """A transition was asked of an order that already left PENDING another way."""
 
     def __init__(self, order_id: str, status: OrderStatus, target: OrderStatus) -> None:
@@ -57,7 +57,7 @@ class OrderNotPending(OrderError):
         self.target = target
 
 
-class MixedCurrencies(OrderError):
+class MixedCurrenciesError(OrderError):
     """The products of one order are priced in different currencies."""
 
     def __init__(self, currencies: Sequence[str]) -> None:
@@ -106,8 +106,8 @@ class LineRequest:
     quantity: int
 
 
-class InvalidTransition(ValueError):
-    """A move the state machine forbids; the store turns it into ``OrderNotPending``."""
+class InvalidTransitionError(ValueError):
+    """A move the state machine forbids; the store turns it into ``OrderNotPendingError``."""
 
     def __init__(self, current: OrderStatus, target: OrderStatus) -> None:
         super().__init__(f"{current} cannot become {target}")
@@ -119,15 +119,15 @@ def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
     """Whether moving ``current`` to ``target`` changes the order.
 
     True for PENDING -> PAID and PENDING -> CANCELLED; False for the idempotent repeats
-    PAID -> PAID and CANCELLED -> CANCELLED. Any other move raises ``InvalidTransition``.
+    PAID -> PAID and CANCELLED -> CANCELLED. Any other move raises ``InvalidTransitionError``.
     """
     if target is OrderStatus.PENDING:
-        raise InvalidTransition(current, target)
+        raise InvalidTransitionError(current, target)
     if current is OrderStatus.PENDING:
         return True
     if current is target:
         return False
-    raise InvalidTransition(current, target)
+    raise InvalidTransitionError(current, target)
 
 
 def price_items(
@@ -135,7 +135,7 @@ def price_items(
 ) -> tuple[tuple[OrderItem, ...], Money]:
     """Price each line with ``prices[product_id]``; returns the items and their total.
 
-    All prices must share one currency (``MixedCurrencies`` otherwise); a missing price is a
+    All prices must share one currency (``MixedCurrenciesError`` otherwise); a missing price is a
     ``KeyError`` (the caller asked the catalog for every product id first).
     """
     items = tuple(
@@ -143,7 +143,7 @@ def price_items(
     )
     currencies = sorted({item.unit_price.currency for item in items})
     if len(currencies) > 1:
-        raise MixedCurrencies(currencies)
+        raise MixedCurrenciesError(currencies)
     total = Money.zero(currencies[0] if currencies else "USD")
     for item in items:
         total = total + item.subtotal

@@ -2,9 +2,9 @@
 
 | domain error      | code                | reason             | metadata          |
 |-------------------|---------------------|--------------------|-------------------|
-| OrderNotFound     | NOT_FOUND           | ORDER_NOT_FOUND    | (ResourceInfo)    |
-| OrderNotPending   | FAILED_PRECONDITION | ORDER_NOT_PENDING  | order_id, status  |
-| MixedCurrencies   | FAILED_PRECONDITION | MIXED_CURRENCIES   | currencies        |
+| OrderNotFoundError     | NOT_FOUND           | ORDER_NOT_FOUND    | (ResourceInfo)    |
+| OrderNotPendingError   | FAILED_PRECONDITION | ORDER_NOT_PENDING  | order_id, status  |
+| MixedCurrenciesError   | FAILED_PRECONDITION | MIXED_CURRENCIES   | currencies        |
 """
 
 from __future__ import annotations
@@ -14,14 +14,19 @@ from contextlib import contextmanager
 
 from grpckit import StatusError
 from grpckit.errors import failed_precondition, not_found
-from shop.orders.domain import MixedCurrencies, OrderError, OrderNotFound, OrderNotPending
+from shop.orders.domain import (
+    MixedCurrenciesError,
+    OrderError,
+    OrderNotFoundError,
+    OrderNotPendingError,
+)
 
 DOMAIN = "shop"
 
 
 def to_status_error(err: OrderError) -> StatusError:
     """The gRPC status a domain error is reported as."""
-    if isinstance(err, OrderNotFound):
+    if isinstance(err, OrderNotFoundError):
         return not_found(
             str(err),
             resource_type="order",
@@ -29,14 +34,14 @@ def to_status_error(err: OrderError) -> StatusError:
             reason="ORDER_NOT_FOUND",
             domain=DOMAIN,
         )
-    if isinstance(err, OrderNotPending):
+    if isinstance(err, OrderNotPendingError):
         return failed_precondition(
             str(err),
             reason="ORDER_NOT_PENDING",
             domain=DOMAIN,
             metadata={"order_id": err.order_id, "status": err.status.value},
         )
-    if isinstance(err, MixedCurrencies):
+    if isinstance(err, MixedCurrenciesError):
         return failed_precondition(
             str(err),
             reason="MIXED_CURRENCIES",

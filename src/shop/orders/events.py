@@ -12,9 +12,9 @@ from shop.orders.domain import Order
 SOURCE = "orders"
 
 
-def order_event(kind: events_pb2.EventType.ValueType, order: Order, *, reason: str = "") -> (
-    events_pb2.Event
-):
+def order_event(
+    kind: events_pb2.EventType.ValueType, order: Order, *, reason: str = ""
+) -> events_pb2.Event:
     """An event about ``order`` as it is now (``occurred_at`` is its last update)."""
     occurred_at = timestamp_pb2.Timestamp()
     occurred_at.FromDatetime(order.updated_at)

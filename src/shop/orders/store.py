@@ -24,12 +24,12 @@ from shop.common.money import Money
 from shop.common.outbox import add_events, outbox_table
 from shop.orders.changes import ChangeNotifier
 from shop.orders.domain import (
-    InvalidTransition,
+    InvalidTransitionError,
     Order,
     OrderFilter,
     OrderItem,
-    OrderNotFound,
-    OrderNotPending,
+    OrderNotFoundError,
+    OrderNotPendingError,
     OrderStatus,
     can_transition,
 )
@@ -146,11 +146,11 @@ class OrdersStore:
             return await self._find_by_key(session, user_id, idempotency_key)
 
     async def get(self, order_id: str) -> Order:
-        """One order; ``OrderNotFound`` when there is none."""
+        """One order; ``OrderNotFoundError`` when there is none."""
         async with self._db.read() as session:
             found = await self._load(session, [orders.c.id == order_id])
         if not found:
-            raise OrderNotFound(order_id)
+            raise OrderNotFoundError(order_id)
         return found[0]
 
     async def mark_paid(self, order_id: str, payment_id: str) -> Order:
@@ -206,7 +206,7 @@ class OrdersStore:
             changed = (await connection.execute(guarded)).rowcount == 1
             found = await self._load(session, [orders.c.id == order_id])
             if not found:
-                raise OrderNotFound(order_id)
+                raise OrderNotFoundError(order_id)
             order = found[0]
             if not changed:
                 _check_repeat(order, target)
@@ -284,8 +284,8 @@ class OrdersStore:
 def _check_repeat(order: Order, target: OrderStatus) -> None:
     try:
         can_transition(order.status, target)
-    except InvalidTransition:
-        raise OrderNotPending(order.id, order.status, target) from None
+    except InvalidTransitionError:
+        raise OrderNotPendingError(order.id, order.status, target) from None
 
 
 def _order(row: Any, lines: Sequence[Any]) -> Order:

@@ -77,9 +77,7 @@ def create_order(request: orders_pb2.CreateOrderRequest) -> tuple[str, list[Line
     for index, item in enumerate(request.items):
         _id(violations, f"items[{index}].product_id", item.product_id)
         if not 1 <= item.quantity <= MAX_QUANTITY:
-            violations.append(
-                (f"items[{index}].quantity", f"quantity must be 1 to {MAX_QUANTITY}")
-            )
+            violations.append((f"items[{index}].quantity", f"quantity must be 1 to {MAX_QUANTITY}"))
     if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
         violations.append(
             ("idempotency_key", f"idempotency_key is at most {MAX_IDEMPOTENCY_KEY} characters")
@@ -142,4 +140,3 @@ def search_orders(request: orders_pb2.SearchOrdersRequest) -> tuple[OrderFilter,
         request.user_id, frozenset(statuses), after, before, min_total, request.text.strip()
     )
     return query, page
-

@@ -101,13 +101,25 @@ def registration_violations(email: str, password: str, name: str) -> list[Violat
     violations = email_violations(email)
     if len(password) < MIN_PASSWORD_LENGTH:
         violations.append(("password", f"must be at least {MIN_PASSWORD_LENGTH} characters"))
-    elif len(password) > MAX_PASSWORD_LENGTH:
-        violations.append(("password", f"must be at most {MAX_PASSWORD_LENGTH} characters"))
+    violations += _password_too_long(password)
     if not name.strip():
         violations.append(("name", "is required"))
     elif len(name.strip()) > MAX_NAME_LENGTH:
         violations.append(("name", f"must be at most {MAX_NAME_LENGTH} characters"))
     return violations
+
+
+def login_violations(email: str, password: str) -> list[Violation]:
+    """What makes a login request unusable (as opposed to merely wrong)."""
+    given = {"email": email, "password": password}
+    violations = [(field, "is required") for field, value in given.items() if not value]
+    return violations + _password_too_long(password)
+
+
+def _password_too_long(password: str) -> list[Violation]:
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return [("password", f"must be at most {MAX_PASSWORD_LENGTH} characters")]
+    return []
 
 
 def new_user(*, user_id: str, email: str, name: str, password_hash: str, now: datetime) -> User:

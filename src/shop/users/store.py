@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import exc
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shop.common.db import Database, Migration
@@ -71,7 +73,7 @@ class UserStore:
             result = await session.execute(
                 sa.update(UserRow).where(UserRow.id == user_id).values(active=active)
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return cast("CursorResult[Any]", result).rowcount == 1
 
 
 def _to_row(user: User) -> UserRow:

@@ -117,7 +117,9 @@ async def test_reserve_is_all_or_nothing(store: CatalogStore) -> None:
     assert await stock_of(store, a, b) == [5, 1]
     missing = new_id()
     with pytest.raises(ProductNotFoundError):
-        await store.reserve("order-1", merge_lines([StockLine(a.id, 1), StockLine(missing, 1)]), NOW)
+        await store.reserve(
+            "order-1", merge_lines([StockLine(a.id, 1), StockLine(missing, 1)]), NOW
+        )
     assert await stock_of(store, a, b) == [5, 1]
     await store.reserve("order-1", (StockLine(a.id, 5),), NOW)  # nothing was left behind
     assert await stock_of(store, a) == [0]

@@ -40,7 +40,9 @@ async def test_concurrent_writers_do_not_lose_updates(database: Database) -> Non
 
     async def bump() -> None:
         async with database.transaction() as s:
-            n = (await s.execute(sa.select(items.c.n).where(items.c.id == 1).with_for_update())).scalar_one()
+            n = (
+                await s.execute(sa.select(items.c.n).where(items.c.id == 1).with_for_update())
+            ).scalar_one()
             await s.execute(items.update().where(items.c.id == 1).values(n=n + 1))
 
     await asyncio.gather(*(bump() for _ in range(20)))

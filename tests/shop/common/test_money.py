@@ -28,7 +28,13 @@ def test_arithmetic_keeps_currency() -> None:
 
 @pytest.mark.parametrize(
     ("units", "nanos", "currency"),
-    [(1, 5, "USD"), (1, -10_000_000, "USD"), (0, 1_000_000_000, "USD"), (1, 0, "usd"), (1, 0, "US")],
+    [
+        (1, 5, "USD"),
+        (1, -10_000_000, "USD"),
+        (0, 1_000_000_000, "USD"),
+        (1, 0, "usd"),
+        (1, 0, "US"),
+    ],
 )
 def test_rejects_what_is_not_money(units: int, nanos: int, currency: str) -> None:
     with pytest.raises(MoneyError):

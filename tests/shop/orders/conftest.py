@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -36,8 +37,16 @@ async def store(database: Database, clock: TickingClock) -> OrdersStore:
     return OrdersStore(database, clock=clock)
 
 
-async def outbox_events(db: Database) -> list[events_pb2.Event]:
-    """Every event in the orders outbox, in write order."""
-    async with db.read() as session:
-        rows = await session.execute(sa.select(outbox.c.payload).order_by(outbox.c.seq))
-        return [events_pb2.Event.FromString(row.payload) for row in rows]
+ReadEvents = Callable[[], Awaitable[list[events_pb2.Event]]]
+
+
+@pytest.fixture
+def outbox_events(database: Database) -> ReadEvents:
+    """Reads every event in the orders outbox, in write order."""
+
+    async def read() -> list[events_pb2.Event]:
+        async with database.read() as session:
+            rows = await session.execute(sa.select(outbox.c.payload).order_by(outbox.c.seq))
+            return [events_pb2.Event.FromString(row.payload) for row in rows]
+
+    return read

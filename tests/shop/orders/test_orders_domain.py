@@ -9,9 +9,9 @@ import pytest
 
 from shop.common.money import Money
 from shop.orders.domain import (
-    InvalidTransition,
+    InvalidTransitionError,
     LineRequest,
-    MixedCurrencies,
+    MixedCurrenciesError,
     Order,
     OrderItem,
     OrderStatus,
@@ -28,11 +28,11 @@ EXPECTED = {
     (OrderStatus.PENDING, OrderStatus.CANCELLED): True,
     (OrderStatus.PAID, OrderStatus.PAID): False,
     (OrderStatus.CANCELLED, OrderStatus.CANCELLED): False,
-    (OrderStatus.PAID, OrderStatus.CANCELLED): InvalidTransition,
-    (OrderStatus.CANCELLED, OrderStatus.PAID): InvalidTransition,
-    (OrderStatus.PENDING, OrderStatus.PENDING): InvalidTransition,
-    (OrderStatus.PAID, OrderStatus.PENDING): InvalidTransition,
-    (OrderStatus.CANCELLED, OrderStatus.PENDING): InvalidTransition,
+    (OrderStatus.PAID, OrderStatus.CANCELLED): InvalidTransitionError,
+    (OrderStatus.CANCELLED, OrderStatus.PAID): InvalidTransitionError,
+    (OrderStatus.PENDING, OrderStatus.PENDING): InvalidTransitionError,
+    (OrderStatus.PAID, OrderStatus.PENDING): InvalidTransitionError,
+    (OrderStatus.CANCELLED, OrderStatus.PENDING): InvalidTransitionError,
 }
 
 
@@ -43,8 +43,8 @@ def test_the_table_covers_every_pair() -> None:
 @pytest.mark.parametrize(("current", "target"), list(EXPECTED))
 def test_transition(current: OrderStatus, target: OrderStatus) -> None:
     expected = EXPECTED[(current, target)]
-    if expected is InvalidTransition:
-        with pytest.raises(InvalidTransition) as caught:
+    if expected is InvalidTransitionError:
+        with pytest.raises(InvalidTransitionError) as caught:
             can_transition(current, target)
         assert (caught.value.current, caught.value.target) == (current, target)
     else:
@@ -72,7 +72,7 @@ def test_price_items_keeps_the_currency() -> None:
 
 
 def test_price_items_rejects_mixed_currencies() -> None:
-    with pytest.raises(MixedCurrencies) as caught:
+    with pytest.raises(MixedCurrenciesError) as caught:
         price_items([LineRequest(P1, 1), LineRequest(P2, 1)], {P1: Money(1), P2: Money(1, "EUR")})
     assert caught.value.currencies == ("EUR", "USD")
 

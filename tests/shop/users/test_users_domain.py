@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import doctest
 from datetime import UTC, datetime, timedelta
+from types import ModuleType
 
 import pytest
 
-from shop.users import domain
+from shop.users import domain, passwords, tokens
 from shop.users.passwords import ScryptHasher
 from shop.users.tokens import InvalidTokenError, TokenIssuer
 
@@ -137,3 +139,20 @@ def test_issuer_refuses_weak_configuration() -> None:
         TokenIssuer(b"short")
     with pytest.raises(ValueError, match="positive"):
         TokenIssuer(b"k" * 32, ttl_seconds=0)
+
+
+def test_login_violations() -> None:
+    assert domain.login_violations("", "") == [
+        ("email", "is required"),
+        ("password", "is required"),
+    ]
+    assert domain.login_violations("a@b.de", "x" * 1025) == [
+        ("password", "must be at most 1024 characters")
+    ]
+    assert domain.login_violations("whatever", "short") == []  # wrong, not malformed
+
+
+@pytest.mark.parametrize("module", [domain, passwords, tokens])
+def test_docstring_examples_run(module: ModuleType) -> None:
+    result = doctest.testmod(module)
+    assert (result.failed, result.attempted > 0) == (0, True)
