@@ -3,21 +3,31 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-dev
+RUN_STAMP := $(VENV)/.installed-run
 ARGS ?=
 
 .PHONY: run test check lint typecheck lint-proto generate check-generated bench clean install
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || { echo ">> creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo ">> installing grpckit-shop and its dev tools into $(VENV) (first run takes a minute)"
+$(BIN)/python:
+	@echo ">> creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
-	@touch $(STAMP)
+
+# `make run` needs the runtime only; `make test` and the checks add the dev tools.
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	@echo ">> installing grpckit-shop into $(VENV)"
+	@$(BIN)/python -m pip install --progress-bar off -e '.[postgres]'
+	@touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo ">> installing grpckit-shop and its dev tools into $(VENV) (the first time takes a minute)"
+	@$(BIN)/python -m pip install --progress-bar off -e '.[dev]'
+	@touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/shop up $(ARGS)
 
 test: $(STAMP)
