@@ -19,7 +19,7 @@ import asyncio
 import contextvars
 import enum
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ __all__ = [
     "Outcome",
     "RpcKind",
     "current_call",
+    "set_current_call",
 ]
 
 #: Invocation metadata as grpc hands it over: ``(key, str | bytes)`` pairs.
@@ -210,8 +211,21 @@ _CURRENT: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
     "grpckit_current_call", default=None
 )
 
-#: Sets the current call; used by the adapter (and by tests that fake a call).
-set_current_call: Callable[[CallInfo | None], contextvars.Token[CallInfo | None]] = _CURRENT.set
+
+def set_current_call(call: CallInfo | None) -> contextvars.Token[CallInfo | None]:
+    """Set what :func:`current_call` returns in this context; the adapter does it per call.
+
+    ``set_current_call(None)`` inside a new task detaches work from the incoming call, so
+    outgoing calls get their own timeouts (e.g. compensation that must outlive the caller).
+
+    Example::
+
+        async def detached(work):
+            set_current_call(None)  # only this task's copy of the context
+            return await work
+        await asyncio.create_task(detached(compensate()))
+    """
+    return _CURRENT.set(call)
 
 
 def current_call() -> CallInfo | None:

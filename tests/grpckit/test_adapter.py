@@ -165,7 +165,7 @@ async def test_handler_sees_its_call_info(chained: TestServer) -> None:
     seen: list[CallInfo | None] = []
 
     class Peek(PingServicer):
-        async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> Any:  # noqa: N802
+        async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> Any:
             seen.append(current_call())
             return ping_pb2.PingResponse(message="ok")
 
@@ -198,7 +198,7 @@ async def test_health_and_reflection_skip_the_chain(trail: list[str]) -> None:
 
 async def test_context_abort_and_set_compression_in_handlers() -> None:
     class Custom(PingServicer):
-        async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> Any:  # noqa: N802
+        async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> Any:
             if request.message == "abort":
                 await context.abort(grpc.StatusCode.ABORTED, "conflict")
             context.set_compression(grpc.Compression.Gzip)

@@ -29,7 +29,7 @@ class Gated(PingServicer):
         super().__init__()
         self.release = asyncio.Event()
 
-    async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:  # noqa: N802
+    async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:
         self.started.set()
         try:
             await self.release.wait()
@@ -168,3 +168,17 @@ async def test_request_stop_is_thread_safe() -> None:
     thread.start()
     thread.join()
     await asyncio.wait_for(serving, 5)
+
+
+def test_bind_before_the_event_loop_runs() -> None:
+    app = App(ServerConfig(grace_period=1))
+    port = app.bind()
+    add_ping(app, PingServicer())
+
+    async def run() -> str:
+        async with app, dial(app.address) as channel:
+            stub = ping_pb2_grpc.PingServiceStub(channel)
+            return (await stub.Ping(ping_pb2.PingRequest(message="early"))).message
+
+    assert asyncio.run(run()) == "early"
+    assert app.port == port

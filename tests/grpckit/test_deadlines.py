@@ -25,7 +25,7 @@ class Relay(PingServicer):
         self.leaf_remaining: list[float | None] = []
         self.leaf_request_ids: list[Any] = []
 
-    async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:  # noqa: N802
+    async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:
         if request.message == "relay":
             return await self.downstream.Ping(ping_pb2.PingRequest(message="leaf"))  # type: ignore[no-any-return]
         self.leaf_remaining.append(context.time_remaining())
@@ -101,3 +101,30 @@ async def test_bound_expiry_is_deadline_exceeded_and_cancels_the_handler() -> No
             await server.ping.Ping(ping_pb2.PingRequest(sleep_ms=60_000))
     assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert servicer.cancelled.is_set()
+
+
+async def test_detached_task_does_not_inherit_the_incoming_deadline() -> None:
+    import asyncio
+
+    from grpckit.call import set_current_call
+
+    class Detaching(Relay):
+        async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:
+            if request.message != "relay":
+                return await super().Ping(request, context)
+
+            async def detached() -> Any:
+                set_current_call(None)
+                return await self.downstream.Ping(ping_pb2.PingRequest(message="leaf"))
+
+            return await asyncio.create_task(detached())  # type: ignore[no-any-return]
+
+    servicer = Detaching()
+    async with (
+        serve_in_process(servicer, default_timeout=None) as server,
+        dial(server.address, default_timeout=4.0) as channel,
+    ):
+        servicer.downstream = ping_pb2_grpc.PingServiceStub(channel)
+        await server.ping.Ping(ping_pb2.PingRequest(message="relay"), timeout=1.0)
+    [remaining] = servicer.leaf_remaining
+    assert remaining is not None and remaining > 3.0

@@ -14,7 +14,7 @@ from grpckit.testing.api.v1 import ping_pb2
 class RichPing(PingServicer):
     """Raises the error named by the request message."""
 
-    async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:  # noqa: N802
+    async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:
         raise ERRORS[request.message]
 
 
@@ -113,3 +113,20 @@ def test_factory_codes() -> None:
     assert unavailable.detail(error_details_pb2.RetryInfo) is not None
     assert errors.internal(error_id="e1").error_info.metadata["error_id"] == "e1"  # type: ignore[union-attr]
     assert errors.deadline_exceeded("late").code is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_expect_status_helper() -> None:
+    from grpckit.testing import expect_status
+
+    async with serve_in_process(RichPing()) as server:
+        err = await expect_status(
+            server.ping.Ping(ping_pb2.PingRequest(message="not_found")),
+            grpc.StatusCode.NOT_FOUND,
+            reason="NOT_FOUND",
+        )
+        assert err.error_info is not None and err.error_info.domain == "shop"
+        with pytest.raises(AssertionError, match="expected ALREADY_EXISTS"):
+            await expect_status(
+                server.ping.Ping(ping_pb2.PingRequest(message="not_found")),
+                grpc.StatusCode.ALREADY_EXISTS,
+            )

@@ -89,3 +89,24 @@ async def test_level_follows_the_code(code: grpc.StatusCode, level: str) -> None
     assert record["code"] == code.name
     assert record["log_level"] == level
     assert record["message"] == "ping failed: m"
+
+
+async def test_request_id_can_ride_in_trailers_instead() -> None:
+    interceptors = [logging(echo_request_id="trailing")]
+    async with serve_in_process(PingServicer(), interceptors=interceptors) as server:
+        with capture_logs():
+            call = server.ping.Ping(ping_pb2.PingRequest(), metadata=(("x-request-id", "t-1"),))
+            await call
+            assert "x-request-id" not in dict(tuple(await call.initial_metadata() or ()))
+            assert ("x-request-id", "t-1") in tuple(await call.trailing_metadata() or ())
+
+
+async def test_request_id_falls_back_to_trailers_when_the_handler_sent_headers() -> None:
+    async with serve_in_process(PingServicer(), interceptors=[logging()]) as server:
+        with capture_logs():
+            call = server.ping.Ping(
+                ping_pb2.PingRequest(echo_metadata=True), metadata=(("x-request-id", "h-1"),)
+            )
+            await call
+            trailers = tuple(await call.trailing_metadata() or ())
+    assert trailers.count(("x-request-id", "h-1")) >= 1

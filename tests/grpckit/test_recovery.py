@@ -13,7 +13,7 @@ from grpckit.testing.api.v1 import ping_pb2
 
 
 class Buggy(PingServicer):
-    async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:  # noqa: N802
+    async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:
         raise ValueError("db password is hunter2")
 
 

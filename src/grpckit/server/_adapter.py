@@ -151,14 +151,21 @@ def _stream_response(original: Any) -> Next:
             await responses
             return
         context = call.context
-        async for response in responses:
-            if call.msgs_sent == 0:
-                await flush_headers(call)
-            call.msgs_sent += 1
-            call.response = response
-            for listener in call.listeners:
-                listener.on_send(call, response)
-            await context.write(response)
+        try:
+            async for response in responses:
+                if call.msgs_sent == 0:
+                    await flush_headers(call)
+                call.msgs_sent += 1
+                call.response = response
+                for listener in call.listeners:
+                    listener.on_send(call, response)
+                await context.write(response)
+        finally:
+            # A write that fails (client gone, cancellation) leaves the handler suspended at a
+            # yield: close it now so its ``finally`` blocks run promptly, not at GC time.
+            aclose = getattr(responses, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     return invoke
 

@@ -9,7 +9,9 @@ cancelled, stop hooks in reverse order). ``serve()`` does all of it and handles 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -114,13 +116,27 @@ class App:
     # -- addresses ----------------------------------------------------------------------------
 
     def bind(self) -> int:
-        """Create the server if needed and bind ``host:port``; return the port. Idempotent."""
+        """Bind ``host:port`` and return the port (port 0 picks a free one). Idempotent.
+
+        Inside a running event loop the grpc.aio server is created and bound now. Without one
+        (e.g. before ``asyncio.run``) a free port is reserved and the server is created by
+        ``start()`` in its loop: grpc.aio servers belong to the loop that creates them.
+        """
         if self._port is not None:
             return self._port
+        if not _loop_running():
+            self._port = self.config.port or _free_port(self.config.host)
+            return self._port
+        return self._bind_server()
+
+    def _bind_server(self) -> int:
         server = self._create_server()
-        port = server.add_insecure_port(self.config.bind_address)
+        address = self.config.bind_address
+        if self._port is not None:  # reserved before the loop ran
+            address = dataclasses.replace(self.config, port=self._port).bind_address
+        port = server.add_insecure_port(address)
         if port == 0:
-            raise OSError(f"could not bind {self.config.bind_address}")
+            raise OSError(f"could not bind {address}")
         self._port = port
         return port
 
@@ -158,7 +174,8 @@ class App:
         await self._start_finished.wait()
 
     async def _start(self) -> None:
-        self.bind()
+        if self._server is None:
+            self._bind_server()
         server = self._create_server()
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         reflection.enable_server_reflection(
@@ -246,6 +263,7 @@ class App:
     # -- internals ----------------------------------------------------------------------------
 
     def _create_server(self) -> grpc.aio.Server:
+        """The grpc.aio server, created (in the running loop) on first use."""
         if self._server is not None:
             return self._server
         server = grpc.aio.server(
@@ -259,3 +277,20 @@ class App:
         self._pending.clear()
         self._server = server
         return server
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    """A port free right now on ``host`` (the OS picks it); grpc binds it in start()."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host.strip("[]"), 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -11,6 +11,7 @@ Example::
             assert reply.message == "hi"
 """
 
+from grpckit.testing._assertions import expect_status
 from grpckit.testing._ping import PING_SERVICE, PingServicer
 from grpckit.testing._server import Service, TestServer, ping_service, serve_in_process
 
@@ -19,6 +20,7 @@ __all__ = [
     "PingServicer",
     "Service",
     "TestServer",
+    "expect_status",
     "ping_service",
     "serve_in_process",
 ]

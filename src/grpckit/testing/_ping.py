@@ -54,13 +54,11 @@ class PingServicer(ping_pb2_grpc.PingServiceServicer):
         if request.error_code:
             raise StatusError(_CODES[request.error_code], f"ping failed: {request.message}")
 
-    async def Ping(  # noqa: N802 - generated servicer name
-        self, request: ping_pb2.PingRequest, context: Context
-    ) -> ping_pb2.PingResponse:
+    async def Ping(self, request: ping_pb2.PingRequest, context: Context) -> ping_pb2.PingResponse:
         await self._before(request, context)
         return ping_pb2.PingResponse(message=request.message, index=0)
 
-    async def PingServerStream(  # noqa: N802 - generated servicer name
+    async def PingServerStream(
         self, request: ping_pb2.PingServerStreamRequest, context: Context
     ) -> AsyncIterator[ping_pb2.PingServerStreamResponse]:
         error_code, request.error_code = request.error_code, 0
@@ -71,7 +69,7 @@ class PingServicer(ping_pb2_grpc.PingServiceServicer):
         if error_code:
             raise StatusError(_CODES[error_code], f"ping failed: {request.message}")
 
-    async def PingClientStream(  # noqa: N802 - generated servicer name
+    async def PingClientStream(
         self, request_iterator: AsyncIterator[ping_pb2.PingClientStreamRequest], context: Context
     ) -> ping_pb2.PingClientStreamResponse:
         messages: list[str] = []
@@ -84,7 +82,7 @@ class PingServicer(ping_pb2_grpc.PingServiceServicer):
             raise
         return ping_pb2.PingClientStreamResponse(message=",".join(messages), index=len(messages))
 
-    async def PingBidi(  # noqa: N802 - generated servicer name
+    async def PingBidi(
         self, request_iterator: AsyncIterator[ping_pb2.PingBidiRequest], context: Context
     ) -> AsyncIterator[ping_pb2.PingBidiResponse]:
         index = 0

@@ -18,9 +18,7 @@ import contextlib
 from dataclasses import replace
 from datetime import timedelta
 
-import grpc
 import structlog
-from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from grpckit.errors import StatusError
 from shop.api.payments.v1 import payments_pb2
@@ -31,21 +29,10 @@ from shop.gateway.domain import (
     Step,
     recovery_progress,
 )
-from shop.gateway.saga import DOMAIN, OrderSaga, StepFailedError, stored_error
+from shop.gateway.errors import StepFailedError, saga_aborted, stored_error
+from shop.gateway.saga import OrderSaga
 
 log = structlog.stdlib.get_logger("shop.gateway.recovery")
-
-
-def saga_aborted(saga_id: str) -> StatusError:
-    """The outcome stored for a saga that recovery had to undo."""
-    info = error_details_pb2.ErrorInfo(
-        reason="SAGA_ABORTED", domain=DOMAIN, metadata={"saga_id": saga_id}
-    )
-    message = (
-        "the order was cancelled: the gateway stopped before it completed; "
-        "retry with a new idempotency key"
-    )
-    return StatusError(grpc.StatusCode.ABORTED, message, info)
 
 
 class Recovery:

@@ -16,19 +16,16 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import structlog
-from google.rpc import (  # type: ignore[import-untyped, unused-ignore]
-    error_details_pb2,
-    status_pb2,
-)
 
-from grpckit.errors import StatusError, failed_precondition, internal, not_found
+from grpckit.call import set_current_call
+from grpckit.errors import StatusError, internal
 from shop.api.gateway.v1 import gateway_pb2
 from shop.api.orders.v1 import orders_pb2
 from shop.api.payments.v1 import payments_pb2
@@ -41,7 +38,6 @@ from shop.gateway.domain import (
     Progress,
     Saga,
     SagaConflictError,
-    SagaError,
     SagaInProgressError,
     SagaState,
     SagaTakenOverError,
@@ -54,13 +50,21 @@ from shop.gateway.domain import (
     is_transient,
     outcome_unknown,
 )
+from shop.gateway.errors import (
+    DOMAIN,
+    StepFailedError,
+    caller_error,
+    dependency_unavailable,
+    outcome_of,
+    step_failure,
+    stored_error,
+    user_error,
+)
 from shop.gateway.peers import Peers
 from shop.gateway.store import SagaStore
 
 T = TypeVar("T")
 log = structlog.stdlib.get_logger("shop.gateway.saga")
-
-DOMAIN = "shop"
 
 
 def _kill_self() -> None:
@@ -81,67 +85,6 @@ class SagaConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     kill_after: Step | None = None
     kill: Callable[[], None] = _kill_self
-
-
-class StepFailedError(Exception):
-    """A forward step failed; carries the rule-level failure and the peer's error."""
-
-    def __init__(self, failure: StepFailure, error: StatusError) -> None:
-        super().__init__(str(error))
-        self.failure = failure
-        self.error = error
-
-
-def step_failure(step: Step, error: StatusError) -> StepFailure:
-    info = error.error_info
-    resource = error.detail(error_details_pb2.ResourceInfo)
-    return StepFailure(
-        step=step,
-        code=error.code.name,
-        reason=info.reason if info else "",
-        message=error.message,
-        metadata=dict(info.metadata) if info else {},
-        resource_name=resource.resource_name if resource else "",
-    )
-
-
-def dependency_unavailable(step: str, cause: StatusError) -> StatusError:
-    """UNAVAILABLE DEPENDENCY_UNAVAILABLE naming the step whose peer did not answer."""
-    info = error_details_pb2.ErrorInfo(
-        reason="DEPENDENCY_UNAVAILABLE", domain=DOMAIN, metadata={"step": step}
-    )
-    message = f"{step} failed: {cause.code.name}: {cause.message}"
-    return StatusError(grpc.StatusCode.UNAVAILABLE, message, info)
-
-
-def caller_error(step: Step, cause: StatusError) -> StatusError:
-    """What the caller gets for a failed step: the peer's error as-is, unless it was transient."""
-    return dependency_unavailable(step.value, cause) if is_transient(cause.code.name) else cause
-
-
-def user_error(user_id: str, reason: str) -> StatusError:
-    if reason == "USER_DISABLED":
-        return failed_precondition(
-            "the user is disabled", reason="USER_DISABLED", domain=DOMAIN,
-            metadata={"user_id": user_id},
-        )  # fmt: skip
-    return not_found(
-        "no such user", resource_type="user", resource_name=user_id,
-        reason="USER_NOT_FOUND", domain=DOMAIN,
-    )  # fmt: skip
-
-
-def stored_error(error: StatusError) -> SagaError:
-    return SagaError(error.code.name, error.message, error.to_proto().SerializeToString())
-
-
-def outcome_of(saga: Saga) -> gateway_pb2.ProcessOrderResponse:
-    """The stored response, or raise the stored error with its details."""
-    if saga.result is not None:
-        return gateway_pb2.ProcessOrderResponse.FromString(saga.result)
-    if saga.error is not None:
-        raise StatusError.from_proto(status_pb2.Status.FromString(saga.error.status))
-    raise SagaInProgressError(saga.id)
 
 
 class OrderSaga:
@@ -269,10 +212,13 @@ class OrderSaga:
             await self.fail(saga, failed)
 
     async def _step(self, saga: Saga, step: Step, call: Awaitable[T]) -> T:
-        """Await one peer call within the step timeout and the saga deadline."""
-        remaining = (saga.deadline - self.clock()).total_seconds()
+        """Await one peer call within the step timeout and, before the pivot (the payment),
+        within the saga deadline; MarkOrderPaid must be able to finish a late saga."""
+        timeout = self.config.step_timeout
+        if step is not Step.MARK_ORDER_PAID:
+            timeout = min(timeout, (saga.deadline - self.clock()).total_seconds())
         try:
-            return await asyncio.wait_for(call, max(0.0, min(self.config.step_timeout, remaining)))
+            return await asyncio.wait_for(call, max(0.0, timeout))
         except StatusError as err:
             error = err
         except TimeoutError:
@@ -312,7 +258,7 @@ class OrderSaga:
         )  # fmt: skip
         saga.progress = replace(saga.progress, payment_id=payment.id)
         await self._advance(saga, Step.PROCESS_PAYMENT)
-        await self.complete(saga, payment)
+        await detached(self.complete(saga, payment))
 
     async def _advance(self, saga: Saga, step: Step) -> None:
         saga.state = STATE_AFTER[step]
@@ -365,9 +311,20 @@ class OrderSaga:
     async def compensate(self, saga: Saga, reason: str) -> None:
         """Run the plan for ``saga.progress``; COMPENSATED when done, else stay COMPENSATING."""
         plan = compensation_plan(saga.progress)
-        if await self.compensator.run(saga, plan, reason, self.journal):
+        if await detached(self.compensator.run(saga, plan, reason, self.journal)):
             saga.state = SagaState.COMPENSATED
             await self.journal(saga)
+
+
+async def detached(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` without the incoming call's deadline: once money moved or an undo is due,
+    the peers' calls get their own timeouts instead of what the caller has left."""
+
+    async def run() -> T:
+        set_current_call(None)  # only in this task's copy of the context
+        return await work
+
+    return await asyncio.create_task(run())
 
 
 def _with_uncertainty(progress: Progress, failure: StepFailure) -> Progress:

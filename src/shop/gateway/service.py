@@ -9,16 +9,16 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
 
-from grpckit.errors import StatusError, failed_precondition, invalid_argument
+from grpckit.errors import StatusError, invalid_argument
 from shop.api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shop.api.orders.v1 import orders_pb2
 from shop.api.payments.v1 import payments_pb2
 from shop.api.users.v1 import users_pb2
 from shop.common.ids import is_id
 from shop.gateway.domain import IdempotencyKeyReusedError, SagaInProgressError
-from shop.gateway.saga import DOMAIN, OrderSaga, dependency_unavailable
+from shop.gateway.errors import dependency_unavailable, to_status_error
+from shop.gateway.saga import OrderSaga
 from shop.gateway.validation import parse_process_order
 
 T = TypeVar("T")
@@ -36,21 +36,6 @@ class DetailsPeers(Protocol):
     async def get_user(self, user_id: str) -> users_pb2.User: ...
 
 
-def to_status_error(exc: IdempotencyKeyReusedError | SagaInProgressError) -> StatusError:
-    """Map a gateway domain error to the status the caller sees."""
-    if isinstance(exc, IdempotencyKeyReusedError):
-        return failed_precondition(
-            "the idempotency key was already used for a different request",
-            reason="IDEMPOTENCY_KEY_REUSED",
-            domain=DOMAIN,
-            metadata={"idempotency_key": exc.key},
-        )
-    info = error_details_pb2.ErrorInfo(
-        reason="SAGA_IN_PROGRESS", domain=DOMAIN, metadata={"saga_id": exc.saga_id}
-    )
-    return StatusError(grpc.StatusCode.ABORTED, str(exc), info)
-
-
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     """GatewayService over an :class:`OrderSaga` and the peers' read RPCs."""
 
@@ -58,7 +43,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._saga = saga
         self._peers = peers
 
-    async def ProcessOrder(  # noqa: N802
+    async def ProcessOrder(
         self, request: gateway_pb2.ProcessOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.ProcessOrderResponse:
         order_request = parse_process_order(request)
@@ -67,7 +52,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         except (IdempotencyKeyReusedError, SagaInProgressError) as exc:
             raise to_status_error(exc) from None
 
-    async def GetOrderDetails(  # noqa: N802
+    async def GetOrderDetails(
         self,
         request: gateway_pb2.GetOrderDetailsRequest,
         context: grpc.aio.ServicerContext[Any, Any],

@@ -40,11 +40,11 @@ class Users(users_pb2_grpc.UserServiceServicer):
     def __init__(self, peers: FakePeers) -> None:
         self.peers = peers
 
-    async def ValidateUser(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def ValidateUser(self, request: Any, context: Ctx) -> Any:
         reason = await self.peers.validate_user(request.user_id)
         return users_pb2.ValidateUserResponse(valid=not reason, reason=reason)
 
-    async def GetUser(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def GetUser(self, request: Any, context: Ctx) -> Any:
         return users_pb2.GetUserResponse(user=await self.peers.get_user(request.user_id))
 
 
@@ -52,11 +52,11 @@ class Catalog(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self, peers: FakePeers) -> None:
         self.peers = peers
 
-    async def ReserveStock(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def ReserveStock(self, request: Any, context: Ctx) -> Any:
         await self.peers.reserve_stock(request.order_id, _items(request.items))
         return catalog_pb2.ReserveStockResponse()
 
-    async def ReleaseStock(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def ReleaseStock(self, request: Any, context: Ctx) -> Any:
         await self.peers.release_stock(request.order_id)
         return catalog_pb2.ReleaseStockResponse()
 
@@ -65,19 +65,19 @@ class Orders(orders_pb2_grpc.OrderServiceServicer):
     def __init__(self, peers: FakePeers) -> None:
         self.peers = peers
 
-    async def CreateOrder(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def CreateOrder(self, request: Any, context: Ctx) -> Any:
         items = _items(request.items)
         order = await self.peers.create_order(request.user_id, items, request.idempotency_key)
         return orders_pb2.CreateOrderResponse(order=order)
 
-    async def GetOrder(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def GetOrder(self, request: Any, context: Ctx) -> Any:
         return orders_pb2.GetOrderResponse(order=await self.peers.get_order(request.order_id))
 
-    async def MarkOrderPaid(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def MarkOrderPaid(self, request: Any, context: Ctx) -> Any:
         order = await self.peers.mark_order_paid(request.order_id, request.payment_id)
         return orders_pb2.MarkOrderPaidResponse(order=order)
 
-    async def CancelOrder(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def CancelOrder(self, request: Any, context: Ctx) -> Any:
         await self.peers.cancel_order(request.order_id, request.reason)
         return orders_pb2.CancelOrderResponse(order=self.peers.orders[request.order_id])
 
@@ -86,7 +86,7 @@ class Payments(payments_pb2_grpc.PaymentServiceServicer):
     def __init__(self, peers: FakePeers) -> None:
         self.peers = peers
 
-    async def ProcessPayment(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def ProcessPayment(self, request: Any, context: Ctx) -> Any:
         m = request.method
         card = Card(m.card_number, m.exp_month, m.exp_year, m.cvc)
         payment = await self.peers.process_payment(
@@ -94,16 +94,16 @@ class Payments(payments_pb2_grpc.PaymentServiceServicer):
         )
         return payments_pb2.ProcessPaymentResponse(payment=payment)
 
-    async def RefundPayment(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def RefundPayment(self, request: Any, context: Ctx) -> Any:
         await self.peers.refund_payment(request.payment_id, request.reason)
         return payments_pb2.RefundPaymentResponse(payment=self.peers.payments[request.payment_id])
 
-    async def GetPayment(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def GetPayment(self, request: Any, context: Ctx) -> Any:
         return payments_pb2.GetPaymentResponse(
             payment=await self.peers.get_payment(request.payment_id)
         )
 
-    async def ListPayments(self, request: Any, context: Ctx) -> Any:  # noqa: N802
+    async def ListPayments(self, request: Any, context: Ctx) -> Any:
         payments = await self.peers.list_payments(request.order_id)
         return payments_pb2.ListPaymentsResponse(payments=payments)
 

@@ -18,7 +18,7 @@ from shop.payments.domain import (
 )
 from shop.payments.processor import PaymentProcessor
 from shop.payments.provider import ChargeResult, SimulatedProvider
-from shop.payments.store import PaymentsStore
+from shop.payments.store import MIGRATIONS, PaymentsStore
 
 ORDER = "6a1f0c4e-2b7d-4e8a-9c3f-5d2e1b0a9f87"
 AMOUNT = Money(4999)
@@ -68,7 +68,7 @@ async def test_eight_concurrent_calls_charge_once(store: PaymentsStore) -> None:
     calls = [
         asyncio.create_task(processor.process(ORDER, AMOUNT, APPROVE, "race")) for _ in range(8)
     ]
-    await provider.started.wait()
+    await asyncio.wait_for(provider.started.wait(), timeout=5)
     provider.gate.set()
     payments = await asyncio.gather(*calls)
     assert len({p.id for p in payments}) == 1
@@ -81,7 +81,7 @@ async def test_a_duplicate_gives_up_waiting_with_in_progress(store: PaymentsStor
     first = PaymentProcessor(store, provider)
     impatient = PaymentProcessor(store, provider, wait=0.01, poll_interval=0.001)
     owner = asyncio.create_task(first.process(ORDER, AMOUNT, APPROVE, "key"))
-    await provider.started.wait()
+    await asyncio.wait_for(provider.started.wait(), timeout=5)
     with pytest.raises(PaymentInProgressError):
         await impatient.process(ORDER, AMOUNT, APPROVE, "key")
     provider.gate.set()
@@ -118,6 +118,7 @@ async def test_a_crash_mid_charge_is_recovered_after_the_lease(
 async def test_a_cancelled_caller_still_settles_the_charge(
     database: Database, clock: object
 ) -> None:
+    await database.migrate(MIGRATIONS)
     settled = asyncio.Event()
     store = PaymentsStore(
         database,
@@ -129,7 +130,7 @@ async def test_a_cancelled_caller_still_settles_the_charge(
     caller = asyncio.create_task(
         PaymentProcessor(store, provider).process(ORDER, AMOUNT, APPROVE, "key")
     )
-    await provider.started.wait()
+    await asyncio.wait_for(provider.started.wait(), timeout=5)
     caller.cancel()
     provider.gate.set()
     await asyncio.wait_for(settled.wait(), timeout=5)
