@@ -188,8 +188,6 @@ class Outcome:
         if isinstance(exc, grpc.aio.AbortError):
             code = _context_code(call) or grpc.StatusCode.UNKNOWN
             return cls(code, _context_details(call), (), exc)
-        if isinstance(exc, TimeoutError):
-            return cls(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", (), exc)
         return cls(grpc.StatusCode.INTERNAL, "internal error", (), exc)
 
 

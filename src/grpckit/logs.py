@@ -102,6 +102,9 @@ def configure_logging(
     handler._grpckit = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # The logging HOWTO's "Optimization" advice: no caller (file/line) lookup per record; the
+    # JSON lines do not use it, and it costs a frame walk on every call.
+    logging._srcfile = None
 
 
 def get_logger(name: str, **bound: Any) -> structlog.stdlib.BoundLogger:

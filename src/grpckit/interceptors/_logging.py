@@ -30,6 +30,8 @@ from grpckit.middleware import Interceptor, Next
 __all__ = ["DEFAULT_REDACTED", "level_for", "logging"]
 
 REQUEST_ID_KEY = "x-request-id"
+#: Longer incoming request ids are replaced by a generated one.
+MAX_REQUEST_ID = 128
 #: Where the logging interceptor returns the request id: initial or trailing metadata, or not.
 EchoRequestId = Literal["initial", "trailing"] | None
 #: Metadata keys whose values are never logged (substring match, lowercase).
@@ -81,7 +83,7 @@ class _Logging:
 
     async def intercept(self, call: CallInfo, next_: Next) -> None:
         request_id = call.header(REQUEST_ID_KEY)
-        if not isinstance(request_id, str) or not request_id:
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
             request_id = uuid.uuid4().hex
         call.request_id = request_id
         if self._echo == "initial":

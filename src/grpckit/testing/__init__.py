@@ -12,15 +12,18 @@ Example::
 """
 
 from grpckit.testing._assertions import expect_status
+from grpckit.testing._fakes import FakeServicerContext, fake_call
 from grpckit.testing._ping import PING_SERVICE, PingServicer
 from grpckit.testing._server import Service, TestServer, ping_service, serve_in_process
 
 __all__ = [
     "PING_SERVICE",
+    "FakeServicerContext",
     "PingServicer",
     "Service",
     "TestServer",
     "expect_status",
+    "fake_call",
     "ping_service",
     "serve_in_process",
 ]

@@ -45,7 +45,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         self._catalog = catalog
         self._watch_interval = watch_interval
 
-    async def CreateOrder(  # noqa: N802 - gRPC method name
+    async def CreateOrder(
         self, request: orders_pb2.CreateOrderRequest, context: Context
     ) -> orders_pb2.CreateOrderResponse:
         user_id, lines, key = validation.create_order(request)
@@ -57,7 +57,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
             order, _ = await self._store.create(user_id, items, total, key)
         return orders_pb2.CreateOrderResponse(order=order_to_proto(order))
 
-    async def GetOrder(  # noqa: N802 - gRPC method name
+    async def GetOrder(
         self, request: orders_pb2.GetOrderRequest, context: Context
     ) -> orders_pb2.GetOrderResponse:
         order_id = validation.order_id(request.order_id)
@@ -65,7 +65,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
             order = await self._store.get(order_id)
         return orders_pb2.GetOrderResponse(order=order_to_proto(order))
 
-    async def MarkOrderPaid(  # noqa: N802 - gRPC method name
+    async def MarkOrderPaid(
         self, request: orders_pb2.MarkOrderPaidRequest, context: Context
     ) -> orders_pb2.MarkOrderPaidResponse:
         order_id, payment_id = validation.mark_order_paid(request)
@@ -73,7 +73,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
             order = await self._store.mark_paid(order_id, payment_id)
         return orders_pb2.MarkOrderPaidResponse(order=order_to_proto(order))
 
-    async def CancelOrder(  # noqa: N802 - gRPC method name
+    async def CancelOrder(
         self, request: orders_pb2.CancelOrderRequest, context: Context
     ) -> orders_pb2.CancelOrderResponse:
         order_id, reason = validation.cancel_order(request)
@@ -81,7 +81,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
             order = await self._store.cancel(order_id, reason)
         return orders_pb2.CancelOrderResponse(order=order_to_proto(order))
 
-    async def ListOrders(  # noqa: N802 - gRPC method name
+    async def ListOrders(
         self, request: orders_pb2.ListOrdersRequest, context: Context
     ) -> orders_pb2.ListOrdersResponse:
         user_id, page = validation.list_orders(request)
@@ -92,7 +92,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
             next_page_token=page.next_token(len(shown), len(found) > page.size),
         )
 
-    async def SearchOrders(  # noqa: N802 - gRPC method name
+    async def SearchOrders(
         self, request: orders_pb2.SearchOrdersRequest, context: Context
     ) -> orders_pb2.SearchOrdersResponse:
         query, page = validation.search_orders(request)
@@ -103,7 +103,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
             total_count=total,
         )
 
-    async def WatchOrder(  # noqa: N802 - gRPC method name
+    async def WatchOrder(
         self, request: orders_pb2.WatchOrderRequest, context: Context
     ) -> AsyncIterator[orders_pb2.WatchOrderResponse]:
         order_id = validation.order_id(request.order_id)

@@ -36,7 +36,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         self._processor = processor
         self._today = today
 
-    async def ProcessPayment(  # noqa: N802 - gRPC method name
+    async def ProcessPayment(
         self, request: payments_pb2.ProcessPaymentRequest, context: Context
     ) -> payments_pb2.ProcessPaymentResponse:
         order_id, amount, card, key = validation.process_payment(request, self._today())
@@ -44,7 +44,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             payment = await self._processor.process(order_id, amount, card, key)
         return payments_pb2.ProcessPaymentResponse(payment=payment_to_proto(payment))
 
-    async def RefundPayment(  # noqa: N802 - gRPC method name
+    async def RefundPayment(
         self, request: payments_pb2.RefundPaymentRequest, context: Context
     ) -> payments_pb2.RefundPaymentResponse:
         payment_id, reason = validation.refund_payment(request)
@@ -52,7 +52,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             payment = await self._processor.refund(payment_id, reason)
         return payments_pb2.RefundPaymentResponse(payment=payment_to_proto(payment))
 
-    async def GetPayment(  # noqa: N802 - gRPC method name
+    async def GetPayment(
         self, request: payments_pb2.GetPaymentRequest, context: Context
     ) -> payments_pb2.GetPaymentResponse:
         payment_id = validation.payment_id(request.payment_id)
@@ -60,7 +60,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             payment = await self._store.get(payment_id)
         return payments_pb2.GetPaymentResponse(payment=payment_to_proto(payment))
 
-    async def ListPayments(  # noqa: N802 - gRPC method name
+    async def ListPayments(
         self, request: payments_pb2.ListPaymentsRequest, context: Context
     ) -> payments_pb2.ListPaymentsResponse:
         order_id, page = validation.list_payments(request)

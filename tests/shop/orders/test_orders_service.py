@@ -42,7 +42,7 @@ class FakeCatalog(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self) -> None:
         self.prices = {P1: Money(1999), P2: Money(500), P_EUR: Money(700, "EUR")}
 
-    async def BatchGetProducts(  # noqa: N802 - gRPC method name
+    async def BatchGetProducts(
         self, request: catalog_pb2.BatchGetProductsRequest, context: Any
     ) -> catalog_pb2.BatchGetProductsResponse:
         for product_id in request.product_ids:
