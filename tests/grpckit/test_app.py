@@ -182,3 +182,22 @@ def test_bind_before_the_event_loop_runs() -> None:
 
     assert asyncio.run(run()) == "early"
     assert app.port == port
+
+
+async def test_failing_start_hook_stops_the_app_and_raises() -> None:
+    app = App(ServerConfig(grace_period=1))
+    add_ping(app, PingServicer())
+    stopped: list[str] = []
+
+    async def broken() -> None:
+        raise RuntimeError("migrations failed")
+
+    async def cleanup() -> None:
+        stopped.append("cleanup")
+
+    app.on_start(broken)
+    app.on_stop(cleanup)
+    with pytest.raises(RuntimeError, match="migrations failed"):
+        await app.start()
+    await asyncio.wait_for(app.wait_for_termination(), 5)
+    assert stopped == ["cleanup"]

@@ -101,6 +101,12 @@ class _Logging:
             self._emit(call, Outcome.of(call, error), time.perf_counter() - started)
 
     def _emit(self, call: CallInfo, outcome: Outcome, duration: float) -> None:
+        level = level_for(outcome.code)
+        try:
+            if not self._log.isEnabledFor(level):  # skip building fields nobody will see
+                return
+        except AttributeError:  # structlog not configured for stdlib (e.g. capture_logs)
+            pass
         fields: dict[str, Any] = {
             "service": call.service,
             "method": call.method,
@@ -120,7 +126,7 @@ class _Logging:
                 fields["reason"] = reason
         if self._log_metadata:
             fields["metadata"] = self._metadata(call)
-        self._log.log(level_for(outcome.code), "rpc", **fields)
+        self._log.log(level, "rpc", **fields)
 
     def _metadata(self, call: CallInfo) -> dict[str, str]:
         shown: dict[str, str] = {}

@@ -85,7 +85,7 @@ class App:
 
         Example: ``app.add_service(add_PingServiceServicer_to_server, PingServicer(), desc)``
         """
-        if self._started:
+        if self._starting:
             raise RuntimeError("add_service() after start()")
         if self._server is not None:
             add_to_server(servicer, self._server)
@@ -101,7 +101,7 @@ class App:
 
         Example: ``app.add_health_check("shop.orders.v1.OrderService", db.ping, interval=2)``
         """
-        if self._started:
+        if self._starting:
             raise RuntimeError("add_health_check() after start()")
         self._health.add_check(HealthCheck(service, check, interval))
 
@@ -166,8 +166,12 @@ class App:
         self._loop = asyncio.get_running_loop()
         try:
             await self._start()
-        finally:
+        except BaseException:
             self._start_finished.set()
+            self._log.exception("app.start_failed")
+            await self.stop(grace=0)
+            raise
+        self._start_finished.set()
 
     async def wait_for_start(self) -> None:
         """Return once start() has finished (successfully or not)."""

@@ -75,6 +75,8 @@ async def serve_in_process(
         async with serve_in_process(PingServicer(), interceptors=[recovery()]) as server:
             reply = await server.ping.Ping(ping_pb2.PingRequest(message="hi"))
     """
+    if app is not None and (interceptors or config is not None):
+        raise TypeError("pass interceptors and config to the App, not with app=")
     if app is None:
         app = App(config or ServerConfig(grace_period=1.0), interceptors=interceptors)
     for service in services:

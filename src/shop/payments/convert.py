@@ -10,9 +10,8 @@ from shop.api.payments.v1 import payments_pb2
 from shop.common import money
 from shop.payments.domain import Payment, PaymentStatus
 
-# PROCESSING has no wire value yet (see docs/payments.md): it is sent as UNSPECIFIED.
 STATUS_TO_PROTO: dict[PaymentStatus, payments_pb2.PaymentStatus.ValueType] = {
-    PaymentStatus.PROCESSING: payments_pb2.PAYMENT_STATUS_UNSPECIFIED,
+    PaymentStatus.PROCESSING: payments_pb2.PAYMENT_STATUS_PROCESSING,
     PaymentStatus.CAPTURED: payments_pb2.PAYMENT_STATUS_CAPTURED,
     PaymentStatus.DECLINED: payments_pb2.PAYMENT_STATUS_DECLINED,
     PaymentStatus.REFUNDED: payments_pb2.PAYMENT_STATUS_REFUNDED,

@@ -31,6 +31,8 @@ class _PaymentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Payment
     PAYMENT_STATUS_CAPTURED: _PaymentStatus.ValueType  # 1
     PAYMENT_STATUS_DECLINED: _PaymentStatus.ValueType  # 2
     PAYMENT_STATUS_REFUNDED: _PaymentStatus.ValueType  # 3
+    PAYMENT_STATUS_PROCESSING: _PaymentStatus.ValueType  # 4
+    """The provider has been asked and has not answered yet (or the process asking it died)."""
 
 class PaymentStatus(_PaymentStatus, metaclass=_PaymentStatusEnumTypeWrapper):
     """Where a payment is in its life."""
@@ -39,6 +41,8 @@ PAYMENT_STATUS_UNSPECIFIED: PaymentStatus.ValueType  # 0
 PAYMENT_STATUS_CAPTURED: PaymentStatus.ValueType  # 1
 PAYMENT_STATUS_DECLINED: PaymentStatus.ValueType  # 2
 PAYMENT_STATUS_REFUNDED: PaymentStatus.ValueType  # 3
+PAYMENT_STATUS_PROCESSING: PaymentStatus.ValueType  # 4
+"""The provider has been asked and has not answered yet (or the process asking it died)."""
 Global___PaymentStatus: _TypeAlias = PaymentStatus  # noqa: Y015
 
 @_typing.final
