@@ -42,7 +42,7 @@ typecheck: $(STAMP)
 
 .third_party/google/type/money.proto: $(STAMP)
 	@mkdir -p .third_party/google/type
-	@cp "$$($(BIN)/python -c 'import google.type, os; print(os.path.dirname(google.type.__file__))')/money.proto" $@
+	@cp "$$($(BIN)/python -c 'import google.type.money_pb2 as m, os; print(os.path.dirname(m.__file__))')/money.proto" $@
 
 lint-proto: .third_party/google/type/money.proto
 	$(BIN)/buf lint

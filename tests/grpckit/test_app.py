@@ -28,9 +28,14 @@ class Gated(PingServicer):
     def __init__(self) -> None:
         super().__init__()
         self.release = asyncio.Event()
+        self.arrived: dict[str, asyncio.Event] = {}
+
+    def arrival(self, message: str) -> asyncio.Event:
+        return self.arrived.setdefault(message, asyncio.Event())
 
     async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:
         self.started.set()
+        self.arrival(request.message).set()
         try:
             await self.release.wait()
         except asyncio.CancelledError:
@@ -56,11 +61,15 @@ async def test_graceful_stop_drains_in_flight_calls_and_reports_not_serving() ->
         stopping = asyncio.create_task(server.app.stop(grace=10))
         assert (await watch.read()).status == NOT_SERVING
         watch.cancel()
-        with pytest.raises(grpc.aio.AioRpcError):  # no new calls once stopping
-            await server.ping.Ping(ping_pb2.PingRequest(), wait_for_ready=False)
+        # While draining, the server still accepts: in-flight handlers may call back into it.
+        nested = server.ping.Ping(ping_pb2.PingRequest(message="nested"), timeout=10)
+        await servicer.arrival("nested").wait()
         servicer.release.set()
         assert (await in_flight).message == "drain me"
+        assert (await nested).message == "nested"
         await stopping
+        with pytest.raises(grpc.aio.AioRpcError):  # stopped: no new calls
+            await server.ping.Ping(ping_pb2.PingRequest(), wait_for_ready=False, timeout=2)
     assert not servicer.cancelled.is_set()
 
 

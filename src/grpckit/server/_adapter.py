@@ -20,6 +20,7 @@ Wire behaviour:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -32,7 +33,7 @@ from grpckit.call import CallInfo, RpcKind, set_current_call
 from grpckit.errors import STATUS_DETAILS_KEY, StatusError, internal
 from grpckit.middleware import BUILTIN_SERVICES, Interceptor, Next, chain
 
-__all__ = ["Adapter"]
+__all__ = ["Adapter", "InFlight"]
 
 _log = structlog.stdlib.get_logger("grpckit.server")
 
@@ -40,6 +41,37 @@ if TYPE_CHECKING:
     Continuation = Callable[
         [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
     ]
+
+
+class InFlight:
+    """Counts the intercepted calls running now; ``wait_idle`` returns when there are none.
+
+    The App drains with it: health goes NOT_SERVING, the server keeps accepting (calls that
+    in-flight handlers make back into this server must still get through), and ``stop()`` waits
+    here for the running calls before the server refuses new ones.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True when no call is running (within ``timeout`` seconds)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
 
 class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -55,6 +87,7 @@ class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._interceptors = tuple(interceptors)
         self._include_builtin = include_builtin
         self._cache: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
+        self.in_flight = InFlight()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -69,7 +102,9 @@ class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         service, method = _split(full_method)
         if service in BUILTIN_SERVICES and not self._include_builtin:
             return handler
-        wrapped = _wrap(handler, full_method, service, method, self._interceptors)
+        wrapped = _wrap(
+            handler, full_method, service, method, self._interceptors, self.in_flight
+        )
         self._cache[full_method] = (_behavior(handler), wrapped)
         return wrapped
 
@@ -91,6 +126,7 @@ def _wrap(
     service: str,
     method: str,
     interceptors: Sequence[Interceptor],
+    in_flight: InFlight,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     kind = RpcKind.of(handler.request_streaming, handler.response_streaming)
     original = _behavior(handler)
@@ -104,13 +140,17 @@ def _wrap(
         else:
             call.request = request
         set_current_call(call)
+        in_flight.enter()
         try:
-            await run(call)
-        except BaseException as exc:
-            await _fail(call, exc)
-        await flush_headers(call)
-        if call.response_trailers:
-            context.set_trailing_metadata(_trailers(call))
+            try:
+                await run(call)
+            except BaseException as exc:
+                await _fail(call, exc)
+            await flush_headers(call)
+            if call.response_trailers:
+                context.set_trailing_metadata(_trailers(call))
+        finally:
+            in_flight.leave()
         return None if handler.response_streaming else call.response
 
     factory = _FACTORIES[kind]

@@ -60,7 +60,6 @@ class App:
         self.config = config
         self.name = name
         self._interceptors = tuple(interceptors)
-        self._intercept_builtin = intercept_builtin
         self._log = logger if logger is not None else get_logger("grpckit.app", app=name)
         self._server: grpc.aio.Server | None = None
         self._port: int | None = None
@@ -69,6 +68,8 @@ class App:
         self._health = HealthState(self._log)
         self._start_hooks: list[Hook] = []
         self._stop_hooks: list[Hook] = []
+        self._drain_hooks: list[Hook] = []
+        self._adapter = Adapter(self._interceptors, include_builtin=intercept_builtin)
         self._started = False
         self._stop_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -108,6 +109,20 @@ class App:
     def on_start(self, hook: Hook) -> None:
         """Run ``hook`` during start(), before the server accepts calls."""
         self._start_hooks.append(hook)
+
+    def on_drain(self, hook: Hook) -> None:
+        """Run ``hook`` when stop() begins, right after health turns NOT_SERVING.
+
+        For work that would otherwise hold the drain until the grace period ends, such as
+        long-lived server streams that should finish now. Example:
+        ``app.on_drain(metrics_streams.close_all)``
+        """
+        self._drain_hooks.append(hook)
+
+    @property
+    def in_flight(self) -> int:
+        """Calls (outside health and reflection) running now."""
+        return self._adapter.in_flight.count
 
     def on_stop(self, hook: Hook) -> None:
         """Run ``hook`` during stop(), after draining; hooks run in reverse order."""
@@ -206,8 +221,7 @@ class App:
         try:
             await self._health.shutdown()
             if self._server is not None:
-                self._log.info("app.stopping", grace=grace)
-                await self._server.stop(grace)
+                await self._drain(grace)
             for hook in reversed(self._stop_hooks):
                 try:
                     await hook()
@@ -216,6 +230,27 @@ class App:
         finally:
             self._terminated.set()
             self._log.info("app.stopped")
+
+    async def _drain(self, grace: float) -> None:
+        """NOT_SERVING is set; let running calls finish, then refuse new ones and stop.
+
+        The server keeps accepting while running calls finish, because those calls may call
+        back into this server (``shop up`` serves every service on one port). Whatever still
+        runs when ``grace`` is over is cancelled by ``server.stop``.
+        """
+        assert self._server is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self._log.info("app.stopping", grace=grace, in_flight=self.in_flight)
+        for hook in self._drain_hooks:
+            try:
+                await hook()
+            except Exception:
+                self._log.exception("app.drain_hook_failed", hook=repr(hook))
+        drained = await self._adapter.in_flight.wait_idle(max(0.0, deadline - loop.time()))
+        if not drained:
+            self._log.warning("app.drain_timeout", cancelled=self.in_flight)
+        await self._server.stop(max(0.0, deadline - loop.time()))
 
     async def wait_for_termination(self) -> None:
         """Return once stop() has finished."""
@@ -271,7 +306,7 @@ class App:
         if self._server is not None:
             return self._server
         server = grpc.aio.server(
-            interceptors=[Adapter(self._interceptors, include_builtin=self._intercept_builtin)],
+            interceptors=[self._adapter],
             options=self.config.grpc_options(),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
             compression=self.config.compression,

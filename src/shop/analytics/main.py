@@ -29,11 +29,13 @@ async def mount(app: App, ctx: ServiceContext) -> None:
     """Add AnalyticsService to ``app`` and subscribe the pipeline to the event bus."""
     log = ctx.logger.bind(component="analytics")
     pipeline = Pipeline(SystemClock(), on_alert=_alert_logger(log))
+    service = AnalyticsService(pipeline)
     app.add_service(
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server,
-        AnalyticsService(pipeline),
+        service,
         analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
     )
+    app.on_drain(service.close_streams)  # live streams must not hold a graceful stop
 
     async def on_events(events: Sequence[events_pb2.Event]) -> None:
         outcome = pipeline.process(events)

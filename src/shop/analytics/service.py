@@ -46,6 +46,12 @@ class AnalyticsService(analytics_pb2_grpc.AnalyticsServiceServicer):
         self.active_streams = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._closing = asyncio.Event()
+
+    async def close_streams(self) -> None:
+        """End every StreamRealTimeMetrics call now (with OK), e.g. when the server drains."""
+        self._closing.set()
+        await self._idle.wait()
 
     async def wait_idle(self) -> None:
         """Return once no StreamRealTimeMetrics call is running."""
@@ -96,14 +102,25 @@ class AnalyticsService(analytics_pb2_grpc.AnalyticsServiceServicer):
         self.active_streams += 1
         self._idle.clear()
         try:
-            while True:
+            while not self._closing.is_set():
                 snapshot = _snapshot(self.pipeline.snapshot(window), types)
                 await context.write(analytics_pb2.StreamRealTimeMetricsResponse(snapshot=snapshot))
-                await self._sleep(interval)
+                await self._pause(interval)
         finally:
             self.active_streams -= 1
             if not self.active_streams:
                 self._idle.set()
+
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when close_streams() is called meanwhile."""
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({sleeper, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            closing.cancel()
 
 
 def _window(

@@ -95,7 +95,7 @@ class ServiceContext:
         for relay in self._relays:
             await relay.stop()
         for channel in self._channels.values():
-            await channel.close()
+            await channel.close(None)
         for db in self._databases.values():
             await db.close()
         self._relays.clear()

@@ -9,7 +9,7 @@ SAGA_IN_PROGRESS, SAGA_ABORTED.
 from __future__ import annotations
 
 import grpc
-from google.rpc import (  # type: ignore[import-untyped, unused-ignore]
+from google.rpc import (
     error_details_pb2,
     status_pb2,
 )
