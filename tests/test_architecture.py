@@ -46,7 +46,9 @@ def test_services_do_not_import_each_other(service: str) -> None:
     bad = {}
     for path in python_files(SRC / "shop" / service):
         hits = sorted(
-            m for m in imported_modules(path) if any(m == o or m.startswith(o + ".") for o in others)
+            m
+            for m in imported_modules(path)
+            if any(m == o or m.startswith(o + ".") for o in others)
         )
         if hits:
             bad[str(path.relative_to(SRC))] = hits

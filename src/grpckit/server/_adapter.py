@@ -65,13 +65,9 @@ class InFlight:
         if self.count == 0:
             self._idle.set()
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """True when no call is running (within ``timeout`` seconds)."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+    async def wait_idle(self) -> None:
+        """Return once no call is running (bound it with ``asyncio.timeout``)."""
+        await self._idle.wait()
 
 
 class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -102,9 +98,7 @@ class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         service, method = _split(full_method)
         if service in BUILTIN_SERVICES and not self._include_builtin:
             return handler
-        wrapped = _wrap(
-            handler, full_method, service, method, self._interceptors, self.in_flight
-        )
+        wrapped = _wrap(handler, full_method, service, method, self._interceptors, self.in_flight)
         self._cache[full_method] = (_behavior(handler), wrapped)
         return wrapped
 

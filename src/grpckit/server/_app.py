@@ -247,8 +247,10 @@ class App:
                 await hook()
             except Exception:
                 self._log.exception("app.drain_hook_failed", hook=repr(hook))
-        drained = await self._adapter.in_flight.wait_idle(max(0.0, deadline - loop.time()))
-        if not drained:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._adapter.in_flight.wait_idle()
+        except TimeoutError:
             self._log.warning("app.drain_timeout", cancelled=self.in_flight)
         await self._server.stop(max(0.0, deadline - loop.time()))
 

@@ -111,7 +111,6 @@ class AnalyticsService(analytics_pb2_grpc.AnalyticsServiceServicer):
             if not self.active_streams:
                 self._idle.set()
 
-
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, or less when close_streams() is called meanwhile."""
         sleeper = asyncio.ensure_future(self._sleep(seconds))

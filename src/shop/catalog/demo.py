@@ -17,15 +17,21 @@ DEMO_PRODUCTS = (
     ProductDraft("NOTEBOOK-A5", "A5 notebook", "Dotted pages, 120 sheets", Money(900), 200),
     ProductDraft("HOODIE-PROTO", "Protobuf hoodie", "Heavy fleece, zip front", Money(5900), 25),
     ProductDraft("CABLE-USB-C", "USB-C cable", "Braided, 2 m", Money(1500), 3),
-    ProductDraft("KEYBOARD-TKL", "Mechanical keyboard", "Tenkeyless, brown switches", Money(8900), 40),
+    ProductDraft(
+        "KEYBOARD-TKL", "Mechanical keyboard", "Tenkeyless, brown switches", Money(8900), 40
+    ),
     ProductDraft("MOUSE-WL", "Wireless mouse", "Silent clicks, 18-month battery", Money(2999), 150),
     ProductDraft("MONITOR-27", "27-inch monitor", "2560x1440 IPS, 144 Hz", Money(32900), 30),
     ProductDraft("LAPTOP-STAND", "Laptop stand", "Aluminium, adjustable height", Money(4500), 90),
-    ProductDraft("HEADPHONES-NC", "Noise-cancelling headphones", "Over-ear, 30 h battery", Money(19900), 45),
+    ProductDraft(
+        "HEADPHONES-NC", "Noise-cancelling headphones", "Over-ear, 30 h battery", Money(19900), 45
+    ),
     ProductDraft("WEBCAM-HD", "HD webcam", "1080p, privacy shutter", Money(5900), 70),
     ProductDraft("DESK-LAMP", "Desk lamp", "LED, warm to cool white", Money(3400), 110),
     ProductDraft("CHAIR-ERGO", "Ergonomic chair", "Mesh back, lumbar support", Money(129900), 12),
-    ProductDraft("BACKPACK-20L", "Backpack 20 l", "Water resistant, laptop sleeve", Money(6900), 85),
+    ProductDraft(
+        "BACKPACK-20L", "Backpack 20 l", "Water resistant, laptop sleeve", Money(6900), 85
+    ),
     ProductDraft("BOTTLE-STEEL", "Steel bottle", "Insulated, 750 ml", Money(1999), 300),
     ProductDraft("COFFEE-BEANS", "Coffee beans", "Single origin, 1 kg", Money(2450), 400),
     ProductDraft("TEA-SAMPLER", "Tea sampler", "Twelve loose-leaf teas", Money(1800), 150),

@@ -38,7 +38,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self, store: CatalogStore, *, clock: Clock = utc_now) -> None:
         self._store, self._clock = store, clock
 
-    async def CreateProduct(  # noqa: N802 - gRPC method name
+    async def CreateProduct(
         self, request: catalog_pb2.CreateProductRequest, context: Context
     ) -> catalog_pb2.CreateProductResponse:
         draft = validation.create_product(request)
@@ -46,33 +46,33 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             product = await self._store.add(draft, self._clock())
         return catalog_pb2.CreateProductResponse(product=product_to_proto(product))
 
-    async def GetProduct(  # noqa: N802 - gRPC method name
+    async def GetProduct(
         self, request: catalog_pb2.GetProductRequest, context: Context
     ) -> catalog_pb2.GetProductResponse:
         (product,) = await self._existing([validation.product_id(request.product_id)])
         return catalog_pb2.GetProductResponse(product=product_to_proto(product))
 
-    async def BatchGetProducts(  # noqa: N802 - gRPC method name
+    async def BatchGetProducts(
         self, request: catalog_pb2.BatchGetProductsRequest, context: Context
     ) -> catalog_pb2.BatchGetProductsResponse:
         products = await self._existing(validation.product_ids(request.product_ids))
         return catalog_pb2.BatchGetProductsResponse(products=map(product_to_proto, products))
 
-    async def ListProducts(  # noqa: N802 - gRPC method name
+    async def ListProducts(
         self, request: catalog_pb2.ListProductsRequest, context: Context
     ) -> catalog_pb2.ListProductsResponse:
         page = validation.page(request.page_size, request.page_token)
         products, token = await self._page(page, ())
         return catalog_pb2.ListProductsResponse(products=products, next_page_token=token)
 
-    async def SearchProducts(  # noqa: N802 - gRPC method name
+    async def SearchProducts(
         self, request: catalog_pb2.SearchProductsRequest, context: Context
     ) -> catalog_pb2.SearchProductsResponse:
         page = validation.page(request.page_size, request.page_token, request.query)
         products, token = await self._page(page, search_words(request.query))
         return catalog_pb2.SearchProductsResponse(products=products, next_page_token=token)
 
-    async def ReserveStock(  # noqa: N802 - gRPC method name
+    async def ReserveStock(
         self, request: catalog_pb2.ReserveStockRequest, context: Context
     ) -> catalog_pb2.ReserveStockResponse:
         order_id, lines = validation.reservation(request.order_id, request.items)
@@ -80,13 +80,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             await self._store.reserve(order_id, lines, self._clock())
         return catalog_pb2.ReserveStockResponse()
 
-    async def ReleaseStock(  # noqa: N802 - gRPC method name
+    async def ReleaseStock(
         self, request: catalog_pb2.ReleaseStockRequest, context: Context
     ) -> catalog_pb2.ReleaseStockResponse:
         await self._store.release(validation.order_id(request.order_id), self._clock())
         return catalog_pb2.ReleaseStockResponse()
 
-    async def ImportProducts(  # noqa: N802 - gRPC method name
+    async def ImportProducts(
         self, request_iterator: AsyncIterator[catalog_pb2.ImportProductsRequest], context: Context
     ) -> catalog_pb2.ImportProductsResponse:
         """Upsert by sku in batches that commit as they fill; invalid products are reported."""

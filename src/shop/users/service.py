@@ -39,7 +39,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     ) -> None:
         self._store, self._hasher, self._tokens, self._clock = store, hasher, tokens, clock
 
-    async def CreateUser(  # noqa: N802 - gRPC method name
+    async def CreateUser(
         self, request: users_pb2.CreateUserRequest, context: Context
     ) -> users_pb2.CreateUserResponse:
         email = domain.normalize_email(request.email)
@@ -58,7 +58,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             await self._store.add(user)
         return users_pb2.CreateUserResponse(user=user_to_proto(user))
 
-    async def Login(  # noqa: N802 - gRPC method name
+    async def Login(
         self, request: users_pb2.LoginRequest, context: Context
     ) -> users_pb2.LoginResponse:
         violations = domain.login_violations(request.email, request.password)
@@ -74,7 +74,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             access_token=token.value, token_type="Bearer", expires_in=token.expires_in
         )
 
-    async def GetUser(  # noqa: N802 - gRPC method name
+    async def GetUser(
         self, request: users_pb2.GetUserRequest, context: Context
     ) -> users_pb2.GetUserResponse:
         user_id = _user_id(request.user_id)
@@ -84,7 +84,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
                 raise domain.UserNotFoundError(user_id)
         return users_pb2.GetUserResponse(user=user_to_proto(user))
 
-    async def ValidateUser(  # noqa: N802 - gRPC method name
+    async def ValidateUser(
         self, request: users_pb2.ValidateUserRequest, context: Context
     ) -> users_pb2.ValidateUserResponse:
         user = await self._store.get(_user_id(request.user_id))
