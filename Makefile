@@ -46,8 +46,7 @@ typecheck: $(STAMP)
 
 lint-proto: .third_party/google/type/money.proto
 	$(BIN)/buf lint
-	@if git rev-parse --verify -q origin/main >/dev/null; then \
-	  $(BIN)/buf breaking --against '.git#branch=origin/main'; fi
+	BUF=$(BIN)/buf scripts/buf-breaking.sh
 
 generate: $(STAMP)
 	$(BIN)/python scripts/generate.py

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import grpc
 import psutil
+from google.type import money_pb2
+
+from shop.api.catalog.v1 import catalog_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.e2e.clients import Stubs, order_request
@@ -89,12 +93,30 @@ async def baseline(concurrency: int, duration: float) -> float:
         proc.wait(10)
 
 
+async def bench_products(stubs: Stubs, count: int) -> list[catalog_pb2.Product]:
+    """Products with stock enough for any run (the demo catalog would sell out)."""
+    tag = secrets.token_hex(3).upper()
+    products = []
+    for i in range(count):
+        reply = await stubs.catalog.CreateProduct(
+            catalog_pb2.CreateProductRequest(
+                sku=f"BENCH-{tag}-{i}",
+                name=f"Bench product {i}",
+                price=money_pb2.Money(currency_code="USD", units=9, nanos=990_000_000),
+                stock=1_000_000_000,
+            ),
+            timeout=10,
+        )
+        products.append(reply.product)
+    return products
+
+
 async def shop_load(shop: ShopProcess, concurrency: int, duration: float) -> float:
     rss = psutil.Process(shop.proc.pid)  # type: ignore[union-attr]
     async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
         stubs = Stubs.on(ch)
         user_id = await stubs.customer()
-        products = [await stubs.product(i) for i in range(10)]
+        products = await bench_products(stubs, 10)
         counter = 0
 
         def one():  # type: ignore[no-untyped-def]
@@ -127,7 +149,7 @@ async def leak_check(shop: ShopProcess, total: int) -> None:
     async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
         stubs = Stubs.on(ch)
         user_id = await stubs.customer()
-        products = [await stubs.product(i) for i in range(20)]
+        products = await bench_products(stubs, 20)
         done = 0
         marks = {1000: 0.0, total: 0.0}
 
