@@ -184,7 +184,7 @@ async def main() -> None:
         f"python {sys.version.split()[0]}, grpcio {grpc.__version__}, {os.cpu_count()} cores; client: grpc.aio, one channel"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        shop = ShopProcess(Path(tmp) / "data", ["--log-level", "warning"]).start()
+        shop = ShopProcess(Path(tmp) / "data", follow=False).start()
         try:
             for c in levels:
                 base = await baseline(c, args.duration)

@@ -25,6 +25,8 @@ class ShopProcess:
     data_dir: Path
     extra_args: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
+    #: Keep parsing the log after "ready" (benchmarks turn it off: it costs client CPU).
+    follow: bool = True
     proc: subprocess.Popen[bytes] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     grpc_address: str = ""
@@ -46,7 +48,12 @@ class ShopProcess:
             env={**os.environ, **self.env},
         )
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
-        ready = self.wait_for(lambda r: r.get("event") == "ready", READY_TIMEOUT)
+        try:
+            ready = self.wait_for(lambda r: r.get("event") == "ready", READY_TIMEOUT)
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
         port = ready["grpc_address"].rpartition(":")[2]
         self.grpc_address = f"127.0.0.1:{port}"
         self.http_port = int(ready["http_address"].rpartition(":")[2])
@@ -55,6 +62,8 @@ class ShopProcess:
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
+            if not self.follow and self.grpc_address:
+                continue  # drain the pipe only
             line = raw.decode("utf-8", "replace").strip()
             try:
                 record = json.loads(line)

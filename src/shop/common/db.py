@@ -10,6 +10,7 @@ Each service owns its tables. On SQLite it has its own file; on PostgreSQL its o
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -77,6 +78,9 @@ class Database:
                 f"unsupported database {self.dialect!r}: use sqlite+aiosqlite:// or "
                 "postgresql+asyncpg://"
             )
+        # SQLite has one writer at a time. Queue this process's writers here, in asyncio,
+        # instead of in SQLite's busy handler, which sleeps in 1..100 ms steps while it waits.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.dialect == "sqlite" else None
         self._writer = self.engine.execution_options(shop_write=True)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(self._writer, expire_on_commit=False)
@@ -85,11 +89,20 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A read-write transaction: commits on exit, rolls back on error.
 
-        On SQLite it takes the write lock up front (BEGIN IMMEDIATE), so two writers queue on
-        the busy timeout instead of failing with "database is locked" when one upgrades.
+        On SQLite the writers of this process take turns on an asyncio lock, and each takes
+        SQLite's write lock up front (BEGIN IMMEDIATE), so a writer never fails with "database
+        is locked" when it upgrades. Do not call other services while holding a transaction.
         """
-        async with self._write_sessions() as session, session.begin():
+        async with self._write_turn(), self._write_sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def _write_turn(self) -> AsyncIterator[None]:
+        if self._write_lock is None:
+            yield
+            return
+        async with self._write_lock:
+            yield
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -104,7 +117,7 @@ class Database:
             raise DatabaseError("migration versions must be unique and increasing")
         if self.dialect == "postgresql":
             await self._create_schema()
-        async with self._writer.begin() as conn:
+        async with self._write_turn(), self._writer.begin() as conn:
             if self.dialect == "postgresql":
                 lock_key = sa.func.hashtext(f"shop.migrate.{self.schema}")
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key)))
@@ -154,7 +167,7 @@ def _sqlite_engine(url: str) -> AsyncEngine:
     path = make_url(url).database
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    engine = create_async_engine(url, connect_args={"timeout": 30}, pool_reset_on_return=None)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -96,9 +96,11 @@ class OutboxRelay:
     async def drain(self) -> int:
         """Publish every pending event now; returns how many were published."""
         total = 0
-        while (count := await self.publish_once()) > 0:
+        while True:
+            count = await self.publish_once()
             total += count
-        return total
+            if count < self._batch_size:  # a short batch: nothing more is pending
+                return total
 
     async def publish_once(self) -> int:
         t = self._table
