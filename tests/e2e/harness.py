@@ -27,6 +27,8 @@ class ShopProcess:
     env: dict[str, str] = field(default_factory=dict)
     #: Keep parsing the log after "ready" (benchmarks turn it off: it costs client CPU).
     follow: bool = True
+    #: The subcommand and its port flags; ``serve`` runs one service.
+    command: Sequence[str] = ("up", "--grpc-port", "0", "--http-port", "0")
     proc: subprocess.Popen[bytes] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     grpc_address: str = ""
@@ -36,9 +38,8 @@ class ShopProcess:
 
     def start(self) -> ShopProcess:
         args = [
-            sys.executable, "-m", "shop.cli", "up",
-            "--grpc-port", "0", "--http-port", "0", "--data-dir", str(self.data_dir),
-            *self.extra_args,
+            sys.executable, "-m", "shop.cli", *self.command,
+            "--data-dir", str(self.data_dir), *self.extra_args,
         ]  # fmt: skip
         self.records = []
         self.proc = subprocess.Popen(
@@ -56,7 +57,8 @@ class ShopProcess:
             raise
         port = ready["grpc_address"].rpartition(":")[2]
         self.grpc_address = f"127.0.0.1:{port}"
-        self.http_port = int(ready["http_address"].rpartition(":")[2])
+        if ready.get("http_address"):
+            self.http_port = int(ready["http_address"].rpartition(":")[2])
         return self
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:

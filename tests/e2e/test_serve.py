@@ -1,0 +1,93 @@
+"""`shop serve`: every service its own process, peers by flags and environment, over sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shop.api.orders.v1 import orders_pb2
+from shop.api.payments.v1 import payments_pb2
+from tests.e2e.clients import DECLINE, Stubs, order_request
+from tests.e2e.harness import ShopProcess
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[dict[str, ShopProcess]]:
+    """catalog, users, payments, orders and gateway, each `shop serve` on a free port."""
+    started: dict[str, ShopProcess] = {}
+
+    def serve(service: str, peers: dict[str, str], env: dict[str, str] | None = None) -> str:
+        flags = [arg for peer, addr in peers.items() for arg in (f"--{peer}-addr", addr)]
+        process = ShopProcess(
+            tmp_path / "data", flags, env=env or {}, command=("serve", service, "--port", "0")
+        )
+        started[service] = process.start()
+        return process.grpc_address
+
+    try:
+        catalog = serve("catalog", {})
+        users = serve("users", {})
+        payments = serve("payments", {})
+        orders = serve("orders", {"catalog": catalog})
+        # The gateway takes one peer from the environment, to cover SHOP_<PEER>_ADDR.
+        serve(
+            "gateway",
+            {"users": users, "catalog": catalog, "payments": payments},
+            env={"SHOP_ORDERS_ADDR": orders},
+        )
+        yield started
+    finally:
+        for process in reversed(list(started.values())):
+            process.stop()
+
+
+async def test_order_saga_across_processes(cluster: dict[str, ShopProcess]) -> None:
+    channels = {name: grpc.aio.insecure_channel(p.grpc_address) for name, p in cluster.items()}
+    try:
+        users, catalog = Stubs.on(channels["users"]), Stubs.on(channels["catalog"])
+        gateway, orders = Stubs.on(channels["gateway"]), Stubs.on(channels["orders"])
+        user_id, product = await users.customer(), await catalog.product()
+        paid = await gateway.gateway.ProcessOrder(order_request(user_id, product.id), timeout=20)
+        assert paid.order.status == orders_pb2.ORDER_STATUS_PAID
+        assert await catalog.stock(product.id) == product.stock - 1
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await gateway.gateway.ProcessOrder(
+                order_request(user_id, product.id, card=DECLINE), timeout=20
+            )
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        listed = await orders.orders.ListOrders(
+            orders_pb2.ListOrdersRequest(user_id=user_id), timeout=5
+        )
+        assert sorted(o.status for o in listed.orders) == [
+            orders_pb2.ORDER_STATUS_PAID,
+            orders_pb2.ORDER_STATUS_CANCELLED,
+        ]
+        assert await catalog.stock(product.id) == product.stock - 1
+        payments = Stubs.on(channels["payments"]).payments
+        for order in listed.orders:
+            found = await payments.ListPayments(
+                payments_pb2.ListPaymentsRequest(order_id=order.id), timeout=5
+            )
+            assert len(found.payments) == 1
+
+        # Each process serves health for its own service only.
+        health = health_pb2_grpc.HealthStub(channels["orders"])
+        reply = await health.Check(
+            health_pb2.HealthCheckRequest(service="shop.orders.v1.OrderService"), timeout=5
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await health.Check(
+                health_pb2.HealthCheckRequest(service="shop.users.v1.UserService"), timeout=5
+            )
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        for channel in channels.values():
+            await channel.close()
