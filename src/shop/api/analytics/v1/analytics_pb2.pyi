@@ -375,7 +375,9 @@ class GetMetricsRequest(_message.Message):
 
     WINDOW_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def window(self) -> _duration_pb2.Duration: ...
+    def window(self) -> _duration_pb2.Duration:
+        """1 s, 10 s or 60 s; unset means 10 s."""
+
     def __init__(
         self,
         *,

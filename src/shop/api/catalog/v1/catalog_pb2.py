@@ -22,54 +22,81 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 from shop.api.common.v1 import common_pb2 as shop_dot_api_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/api/catalog/v1/catalog.proto\x12\x0fshop.catalog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x1fshop/api/common/v1/common.proto\"\xd7\x01\n\x07Product\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12!\n\x05price\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12\r\n\x05stock\x18\x06 \x01(\x03\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\x14\x43reateProductRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12!\n\x05price\x18\x04 \x01(\x0b\x32\x12.google.type.Money\x12\r\n\x05stock\x18\x05 \x01(\x03\"B\n\x15\x43reateProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\"\'\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"?\n\x12GetProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\".\n\x17\x42\x61tchGetProductsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\"F\n\x18\x42\x61tchGetProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\"<\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"M\n\x15SearchProductsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x16SearchProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x13ReserveStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.shop.common.v1.LineItem\"\x16\n\x14ReserveStockResponse\"\'\n\x13ReleaseStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"\x16\n\x14ReleaseStockResponse\"B\n\x15ImportProductsRequest\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\";\n\rImportFailure\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"|\n\x16ImportProductsResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x30\n\x08\x66\x61ilures\x18\x04 \x03(\x0b\x32\x1e.shop.catalog.v1.ImportFailure2\x8f\x06\n\x0e\x43\x61talogService\x12^\n\rCreateProduct\x12%.shop.catalog.v1.CreateProductRequest\x1a&.shop.catalog.v1.CreateProductResponse\x12U\n\nGetProduct\x12\".shop.catalog.v1.GetProductRequest\x1a#.shop.catalog.v1.GetProductResponse\x12g\n\x10\x42\x61tchGetProducts\x12(.shop.catalog.v1.BatchGetProductsRequest\x1a).shop.catalog.v1.BatchGetProductsResponse\x12[\n\x0cListProducts\x12$.shop.catalog.v1.ListProductsRequest\x1a%.shop.catalog.v1.ListProductsResponse\x12\x61\n\x0eSearchProducts\x12&.shop.catalog.v1.SearchProductsRequest\x1a\'.shop.catalog.v1.SearchProductsResponse\x12[\n\x0cReserveStock\x12$.shop.catalog.v1.ReserveStockRequest\x1a%.shop.catalog.v1.ReserveStockResponse\x12[\n\x0cReleaseStock\x12$.shop.catalog.v1.ReleaseStockRequest\x1a%.shop.catalog.v1.ReleaseStockResponse\x12\x63\n\x0eImportProducts\x12&.shop.catalog.v1.ImportProductsRequest\x1a\'.shop.catalog.v1.ImportProductsResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/api/catalog/v1/catalog.proto\x12\x0fshop.catalog.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x1fshop/api/common/v1/common.proto\"\xd7\x01\n\x07Product\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12!\n\x05price\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12\r\n\x05stock\x18\x06 \x01(\x03\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x03\n\x14\x43reateProductRequest\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xbaH%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\x12\x18\n\x04name\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12\x1d\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x88\'\x12\xa1\x02\n\x05price\x18\x04 \x01(\x0b\x32\x12.google.type.MoneyB\xfd\x01\xbaH\xf9\x01\xba\x01\x9b\x01\n\x13money.currency_code\x12>currency_code must be empty (USD) or an ISO 4217 code like USD\x1a\x44this.currency_code == \'\' || this.currency_code.matches(\'^[A-Z]{3}$\')\xba\x01T\n\x12money.not_negative\x12\x1aprice must not be negative\x1a\"this.units >= 0 && this.nanos >= 0\xc8\x01\x01\x12\x16\n\x05stock\x18\x05 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"B\n\x15\x43reateProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\"1\n\x11GetProductRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"?\n\x12GetProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\"A\n\x17\x42\x61tchGetProductsRequest\x12&\n\x0bproduct_ids\x18\x01 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x08\x01\x10\x64\"\x05r\x03\xb0\x01\x01\"F\n\x18\x42\x61tchGetProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\"H\n\x13ListProductsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"c\n\x15SearchProductsRequest\x12\x17\n\x05query\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x16SearchProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"f\n\x13ReserveStockRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x33\n\x05items\x18\x02 \x03(\x0b\x32\x18.shop.common.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\"\x16\n\x14ReserveStockResponse\"1\n\x13ReleaseStockRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"\x16\n\x14ReleaseStockResponse\"B\n\x15ImportProductsRequest\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\";\n\rImportFailure\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"|\n\x16ImportProductsResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x30\n\x08\x66\x61ilures\x18\x04 \x03(\x0b\x32\x1e.shop.catalog.v1.ImportFailure2\x8f\x06\n\x0e\x43\x61talogService\x12^\n\rCreateProduct\x12%.shop.catalog.v1.CreateProductRequest\x1a&.shop.catalog.v1.CreateProductResponse\x12U\n\nGetProduct\x12\".shop.catalog.v1.GetProductRequest\x1a#.shop.catalog.v1.GetProductResponse\x12g\n\x10\x42\x61tchGetProducts\x12(.shop.catalog.v1.BatchGetProductsRequest\x1a).shop.catalog.v1.BatchGetProductsResponse\x12[\n\x0cListProducts\x12$.shop.catalog.v1.ListProductsRequest\x1a%.shop.catalog.v1.ListProductsResponse\x12\x61\n\x0eSearchProducts\x12&.shop.catalog.v1.SearchProductsRequest\x1a\'.shop.catalog.v1.SearchProductsResponse\x12[\n\x0cReserveStock\x12$.shop.catalog.v1.ReserveStockRequest\x1a%.shop.catalog.v1.ReserveStockResponse\x12[\n\x0cReleaseStock\x12$.shop.catalog.v1.ReleaseStockRequest\x1a%.shop.catalog.v1.ReleaseStockResponse\x12\x63\n\x0eImportProducts\x12&.shop.catalog.v1.ImportProductsRequest\x1a\'.shop.catalog.v1.ImportProductsResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.api.catalog.v1.catalog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRODUCT']._serialized_start=146
-  _globals['_PRODUCT']._serialized_end=361
-  _globals['_CREATEPRODUCTREQUEST']._serialized_start=363
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=483
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=485
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=551
-  _globals['_GETPRODUCTREQUEST']._serialized_start=553
-  _globals['_GETPRODUCTREQUEST']._serialized_end=592
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=594
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=657
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=659
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=705
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=707
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=777
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=779
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=839
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=841
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=932
-  _globals['_SEARCHPRODUCTSREQUEST']._serialized_start=934
-  _globals['_SEARCHPRODUCTSREQUEST']._serialized_end=1011
-  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_start=1013
-  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_end=1106
-  _globals['_RESERVESTOCKREQUEST']._serialized_start=1108
-  _globals['_RESERVESTOCKREQUEST']._serialized_end=1188
-  _globals['_RESERVESTOCKRESPONSE']._serialized_start=1190
-  _globals['_RESERVESTOCKRESPONSE']._serialized_end=1212
-  _globals['_RELEASESTOCKREQUEST']._serialized_start=1214
-  _globals['_RELEASESTOCKREQUEST']._serialized_end=1253
-  _globals['_RELEASESTOCKRESPONSE']._serialized_start=1255
-  _globals['_RELEASESTOCKRESPONSE']._serialized_end=1277
-  _globals['_IMPORTPRODUCTSREQUEST']._serialized_start=1279
-  _globals['_IMPORTPRODUCTSREQUEST']._serialized_end=1345
-  _globals['_IMPORTFAILURE']._serialized_start=1347
-  _globals['_IMPORTFAILURE']._serialized_end=1406
-  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_start=1408
-  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_end=1532
-  _globals['_CATALOGSERVICE']._serialized_start=1535
-  _globals['_CATALOGSERVICE']._serialized_end=2318
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['sku']._loaded_options = None
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['sku']._serialized_options = b'\272H%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['name']._serialized_options = b'\272H\007r\005\020\001\030\310\001'
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['description']._loaded_options = None
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['description']._serialized_options = b'\272H\005r\003\030\210\''
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['price']._loaded_options = None
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['price']._serialized_options = b'\272H\371\001\272\001\233\001\n\023money.currency_code\022>currency_code must be empty (USD) or an ISO 4217 code like USD\032Dthis.currency_code == \'\' || this.currency_code.matches(\'^[A-Z]{3}$\')\272\001T\n\022money.not_negative\022\032price must not be negative\032\"this.units >= 0 && this.nanos >= 0\310\001\001'
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['stock']._loaded_options = None
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['stock']._serialized_options = b'\272H\004\"\002(\000'
+  _globals['_GETPRODUCTREQUEST'].fields_by_name['product_id']._loaded_options = None
+  _globals['_GETPRODUCTREQUEST'].fields_by_name['product_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_BATCHGETPRODUCTSREQUEST'].fields_by_name['product_ids']._loaded_options = None
+  _globals['_BATCHGETPRODUCTSREQUEST'].fields_by_name['product_ids']._serialized_options = b'\272H\016\222\001\013\010\001\020d\"\005r\003\260\001\001'
+  _globals['_LISTPRODUCTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTPRODUCTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_SEARCHPRODUCTSREQUEST'].fields_by_name['query']._loaded_options = None
+  _globals['_SEARCHPRODUCTSREQUEST'].fields_by_name['query']._serialized_options = b'\272H\005r\003\030\310\001'
+  _globals['_SEARCHPRODUCTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_SEARCHPRODUCTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_RESERVESTOCKREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_RESERVESTOCKREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_RESERVESTOCKREQUEST'].fields_by_name['items']._loaded_options = None
+  _globals['_RESERVESTOCKREQUEST'].fields_by_name['items']._serialized_options = b'\272H\007\222\001\004\010\001\020d'
+  _globals['_RELEASESTOCKREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_RELEASESTOCKREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_PRODUCT']._serialized_start=175
+  _globals['_PRODUCT']._serialized_end=390
+  _globals['_CREATEPRODUCTREQUEST']._serialized_start=393
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=843
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=845
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=911
+  _globals['_GETPRODUCTREQUEST']._serialized_start=913
+  _globals['_GETPRODUCTREQUEST']._serialized_end=962
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=964
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=1027
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=1029
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=1094
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=1096
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=1166
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=1168
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=1240
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1242
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1333
+  _globals['_SEARCHPRODUCTSREQUEST']._serialized_start=1335
+  _globals['_SEARCHPRODUCTSREQUEST']._serialized_end=1434
+  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_start=1436
+  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_end=1529
+  _globals['_RESERVESTOCKREQUEST']._serialized_start=1531
+  _globals['_RESERVESTOCKREQUEST']._serialized_end=1633
+  _globals['_RESERVESTOCKRESPONSE']._serialized_start=1635
+  _globals['_RESERVESTOCKRESPONSE']._serialized_end=1657
+  _globals['_RELEASESTOCKREQUEST']._serialized_start=1659
+  _globals['_RELEASESTOCKREQUEST']._serialized_end=1708
+  _globals['_RELEASESTOCKRESPONSE']._serialized_start=1710
+  _globals['_RELEASESTOCKRESPONSE']._serialized_end=1732
+  _globals['_IMPORTPRODUCTSREQUEST']._serialized_start=1734
+  _globals['_IMPORTPRODUCTSREQUEST']._serialized_end=1800
+  _globals['_IMPORTFAILURE']._serialized_start=1802
+  _globals['_IMPORTFAILURE']._serialized_end=1861
+  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_start=1863
+  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_end=1987
+  _globals['_CATALOGSERVICE']._serialized_start=1990
+  _globals['_CATALOGSERVICE']._serialized_end=2773
 # @@protoc_insertion_point(module_scope)

@@ -77,11 +77,14 @@ class CreateProductRequest(_message.Message):
     PRICE_FIELD_NUMBER: _builtins.int
     STOCK_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
+    """Letters, digits, '.', '_' and '-', starting with a letter or digit; at most 64 characters."""
     name: _builtins.str
     description: _builtins.str
     stock: _builtins.int
     @_builtins.property
-    def price(self) -> _money_pb2.Money: ...
+    def price(self) -> _money_pb2.Money:
+        """Required, not negative."""
+
     def __init__(
         self,
         *,
@@ -205,7 +208,7 @@ class ListProductsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1..100; 0 means 20."""
+    """0 means 20; above 100 means 100."""
     page_token: _builtins.str
     def __init__(
         self,

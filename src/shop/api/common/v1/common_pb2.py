@@ -22,15 +22,20 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshop/api/common/v1/common.proto\x12\x0eshop.common.v1\"0\n\x08LineItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshop/api/common/v1/common.proto\x12\x0eshop.common.v1\x1a\x1b\x62uf/validate/validate.proto\"F\n\x08LineItem\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1c\n\x08quantity\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.api.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LINEITEM']._serialized_start=51
-  _globals['_LINEITEM']._serialized_end=99
+  _globals['_LINEITEM'].fields_by_name['product_id']._loaded_options = None
+  _globals['_LINEITEM'].fields_by_name['product_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_LINEITEM'].fields_by_name['quantity']._loaded_options = None
+  _globals['_LINEITEM'].fields_by_name['quantity']._serialized_options = b'\272H\007\032\005\030\350\007(\001'
+  _globals['_LINEITEM']._serialized_start=80
+  _globals['_LINEITEM']._serialized_end=150
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ class LineItem(_message.Message):
     product_id: _builtins.str
     """Catalog product id."""
     quantity: _builtins.int
-    """Units wanted; at least 1."""
+    """Units wanted: 1 to 1000."""
     def __init__(
         self,
         *,

@@ -22,27 +22,38 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from shop.api.common.v1 import common_pb2 as shop_dot_api_dot_common_dot_v1_dot_common__pb2
 from shop.api.orders.v1 import orders_pb2 as shop_dot_api_dot_orders_dot_v1_dot_orders__pb2
 from shop.api.payments.v1 import payments_pb2 as shop_dot_api_dot_payments_dot_v1_dot_payments__pb2
 from shop.api.users.v1 import users_pb2 as shop_dot_api_dot_users_dot_v1_dot_users__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/api/gateway/v1/gateway.proto\x12\x0fshop.gateway.v1\x1a\x1fshop/api/common/v1/common.proto\x1a\x1fshop/api/orders/v1/orders.proto\x1a#shop/api/payments/v1/payments.proto\x1a\x1dshop/api/users/v1/users.proto\"\xa1\x01\n\x13ProcessOrderRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.shop.common.v1.LineItem\x12\x37\n\x0epayment_method\x18\x03 \x01(\x0b\x32\x1f.shop.payments.v1.PaymentMethod\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"h\n\x14ProcessOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\x12*\n\x07payment\x18\x02 \x01(\x0b\x32\x19.shop.payments.v1.Payment\"*\n\x16GetOrderDetailsRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"\x8e\x01\n\x17GetOrderDetailsResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\x12*\n\x07payment\x18\x02 \x01(\x0b\x32\x19.shop.payments.v1.Payment\x12!\n\x04user\x18\x03 \x01(\x0b\x32\x13.shop.users.v1.User2\xd3\x01\n\x0eGatewayService\x12[\n\x0cProcessOrder\x12$.shop.gateway.v1.ProcessOrderRequest\x1a%.shop.gateway.v1.ProcessOrderResponse\x12\x64\n\x0fGetOrderDetails\x12\'.shop.gateway.v1.GetOrderDetailsRequest\x1a(.shop.gateway.v1.GetOrderDetailsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/api/gateway/v1/gateway.proto\x12\x0fshop.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fshop/api/common/v1/common.proto\x1a\x1fshop/api/orders/v1/orders.proto\x1a#shop/api/payments/v1/payments.proto\x1a\x1dshop/api/users/v1/users.proto\"\xc9\x01\n\x13ProcessOrderRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x33\n\x05items\x18\x02 \x03(\x0b\x32\x18.shop.common.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12?\n\x0epayment_method\x18\x03 \x01(\x0b\x32\x1f.shop.payments.v1.PaymentMethodB\x06\xbaH\x03\xc8\x01\x01\x12!\n\x0fidempotency_key\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\"h\n\x14ProcessOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\x12*\n\x07payment\x18\x02 \x01(\x0b\x32\x19.shop.payments.v1.Payment\"4\n\x16GetOrderDetailsRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"\x8e\x01\n\x17GetOrderDetailsResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\x12*\n\x07payment\x18\x02 \x01(\x0b\x32\x19.shop.payments.v1.Payment\x12!\n\x04user\x18\x03 \x01(\x0b\x32\x13.shop.users.v1.User2\xd3\x01\n\x0eGatewayService\x12[\n\x0cProcessOrder\x12$.shop.gateway.v1.ProcessOrderRequest\x1a%.shop.gateway.v1.ProcessOrderResponse\x12\x64\n\x0fGetOrderDetails\x12\'.shop.gateway.v1.GetOrderDetailsRequest\x1a(.shop.gateway.v1.GetOrderDetailsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.api.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROCESSORDERREQUEST']._serialized_start=189
-  _globals['_PROCESSORDERREQUEST']._serialized_end=350
-  _globals['_PROCESSORDERRESPONSE']._serialized_start=352
-  _globals['_PROCESSORDERRESPONSE']._serialized_end=456
-  _globals['_GETORDERDETAILSREQUEST']._serialized_start=458
-  _globals['_GETORDERDETAILSREQUEST']._serialized_end=500
-  _globals['_GETORDERDETAILSRESPONSE']._serialized_start=503
-  _globals['_GETORDERDETAILSRESPONSE']._serialized_end=645
-  _globals['_GATEWAYSERVICE']._serialized_start=648
-  _globals['_GATEWAYSERVICE']._serialized_end=859
+  _globals['_PROCESSORDERREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_PROCESSORDERREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_PROCESSORDERREQUEST'].fields_by_name['items']._loaded_options = None
+  _globals['_PROCESSORDERREQUEST'].fields_by_name['items']._serialized_options = b'\272H\007\222\001\004\010\001\020d'
+  _globals['_PROCESSORDERREQUEST'].fields_by_name['payment_method']._loaded_options = None
+  _globals['_PROCESSORDERREQUEST'].fields_by_name['payment_method']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_PROCESSORDERREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_PROCESSORDERREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\272H\005r\003\030\310\001'
+  _globals['_GETORDERDETAILSREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_GETORDERDETAILSREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_PROCESSORDERREQUEST']._serialized_start=218
+  _globals['_PROCESSORDERREQUEST']._serialized_end=419
+  _globals['_PROCESSORDERRESPONSE']._serialized_start=421
+  _globals['_PROCESSORDERRESPONSE']._serialized_end=525
+  _globals['_GETORDERDETAILSREQUEST']._serialized_start=527
+  _globals['_GETORDERDETAILSREQUEST']._serialized_end=579
+  _globals['_GETORDERDETAILSRESPONSE']._serialized_start=582
+  _globals['_GETORDERDETAILSRESPONSE']._serialized_end=724
+  _globals['_GATEWAYSERVICE']._serialized_start=727
+  _globals['_GATEWAYSERVICE']._serialized_end=938
 # @@protoc_insertion_point(module_scope)

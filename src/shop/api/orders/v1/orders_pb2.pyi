@@ -351,6 +351,7 @@ class SearchOrdersRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """Empty: every user."""
     text: _builtins.str
     """Matches the order id, a product id or the cancel reason."""
     page_size: _builtins.int

@@ -56,6 +56,7 @@ class PaymentMethod(_message.Message):
     EXP_YEAR_FIELD_NUMBER: _builtins.int
     CVC_FIELD_NUMBER: _builtins.int
     card_number: _builtins.str
+    """12 to 19 digits (the service also runs the Luhn check)."""
     exp_month: _builtins.int
     exp_year: _builtins.int
     cvc: _builtins.str
@@ -135,7 +136,9 @@ class ProcessPaymentRequest(_message.Message):
     order_id: _builtins.str
     idempotency_key: _builtins.str
     @_builtins.property
-    def amount(self) -> _money_pb2.Money: ...
+    def amount(self) -> _money_pb2.Money:
+        """Required and positive."""
+
     @_builtins.property
     def method(self) -> Global___PaymentMethod: ...
     def __init__(

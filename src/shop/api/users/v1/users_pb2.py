@@ -22,34 +22,49 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/api/users/v1/users.proto\x12\rshop.users.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"~\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\"B\n\x11\x43reateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"7\n\x12\x43reateUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.shop.users.v1.User\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"M\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"4\n\x0fGetUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.shop.users.v1.User\"&\n\x13ValidateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"X\n\x14ValidateUserResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12!\n\x04user\x18\x02 \x01(\x0b\x32\x13.shop.users.v1.User\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xc7\x02\n\x0bUserService\x12Q\n\nCreateUser\x12 .shop.users.v1.CreateUserRequest\x1a!.shop.users.v1.CreateUserResponse\x12\x42\n\x05Login\x12\x1b.shop.users.v1.LoginRequest\x1a\x1c.shop.users.v1.LoginResponse\x12H\n\x07GetUser\x12\x1d.shop.users.v1.GetUserRequest\x1a\x1e.shop.users.v1.GetUserResponse\x12W\n\x0cValidateUser\x12\".shop.users.v1.ValidateUserRequest\x1a#.shop.users.v1.ValidateUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/api/users/v1/users.proto\x12\rshop.users.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"~\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\"e\n\x11\x43reateUserRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12\x1c\n\x08password\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x08\x18\x80\x01\x12\x17\n\x04name\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18\x64\"7\n\x12\x43reateUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.shop.users.v1.User\"G\n\x0cLoginRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12\x1c\n\x08password\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\"M\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\"+\n\x0eGetUserRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"4\n\x0fGetUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.shop.users.v1.User\"0\n\x13ValidateUserRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"X\n\x14ValidateUserResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12!\n\x04user\x18\x02 \x01(\x0b\x32\x13.shop.users.v1.User\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xc7\x02\n\x0bUserService\x12Q\n\nCreateUser\x12 .shop.users.v1.CreateUserRequest\x1a!.shop.users.v1.CreateUserResponse\x12\x42\n\x05Login\x12\x1b.shop.users.v1.LoginRequest\x1a\x1c.shop.users.v1.LoginResponse\x12H\n\x07GetUser\x12\x1d.shop.users.v1.GetUserRequest\x1a\x1e.shop.users.v1.GetUserResponse\x12W\n\x0cValidateUser\x12\".shop.users.v1.ValidateUserRequest\x1a#.shop.users.v1.ValidateUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.api.users.v1.users_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USER']._serialized_start=81
-  _globals['_USER']._serialized_end=207
-  _globals['_CREATEUSERREQUEST']._serialized_start=209
-  _globals['_CREATEUSERREQUEST']._serialized_end=275
-  _globals['_CREATEUSERRESPONSE']._serialized_start=277
-  _globals['_CREATEUSERRESPONSE']._serialized_end=332
-  _globals['_LOGINREQUEST']._serialized_start=334
-  _globals['_LOGINREQUEST']._serialized_end=381
-  _globals['_LOGINRESPONSE']._serialized_start=383
-  _globals['_LOGINRESPONSE']._serialized_end=460
-  _globals['_GETUSERREQUEST']._serialized_start=462
-  _globals['_GETUSERREQUEST']._serialized_end=495
-  _globals['_GETUSERRESPONSE']._serialized_start=497
-  _globals['_GETUSERRESPONSE']._serialized_end=549
-  _globals['_VALIDATEUSERREQUEST']._serialized_start=551
-  _globals['_VALIDATEUSERREQUEST']._serialized_end=589
-  _globals['_VALIDATEUSERRESPONSE']._serialized_start=591
-  _globals['_VALIDATEUSERRESPONSE']._serialized_end=679
-  _globals['_USERSERVICE']._serialized_start=682
-  _globals['_USERSERVICE']._serialized_end=1009
+  _globals['_CREATEUSERREQUEST'].fields_by_name['email']._loaded_options = None
+  _globals['_CREATEUSERREQUEST'].fields_by_name['email']._serialized_options = b'\272H\007r\005\030\376\001`\001'
+  _globals['_CREATEUSERREQUEST'].fields_by_name['password']._loaded_options = None
+  _globals['_CREATEUSERREQUEST'].fields_by_name['password']._serialized_options = b'\272H\007r\005\020\010\030\200\001'
+  _globals['_CREATEUSERREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CREATEUSERREQUEST'].fields_by_name['name']._serialized_options = b'\272H\006r\004\020\001\030d'
+  _globals['_LOGINREQUEST'].fields_by_name['email']._loaded_options = None
+  _globals['_LOGINREQUEST'].fields_by_name['email']._serialized_options = b'\272H\007r\005\030\376\001`\001'
+  _globals['_LOGINREQUEST'].fields_by_name['password']._loaded_options = None
+  _globals['_LOGINREQUEST'].fields_by_name['password']._serialized_options = b'\272H\007r\005\020\001\030\200\001'
+  _globals['_GETUSERREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_GETUSERREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_VALIDATEUSERREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_VALIDATEUSERREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_USER']._serialized_start=110
+  _globals['_USER']._serialized_end=236
+  _globals['_CREATEUSERREQUEST']._serialized_start=238
+  _globals['_CREATEUSERREQUEST']._serialized_end=339
+  _globals['_CREATEUSERRESPONSE']._serialized_start=341
+  _globals['_CREATEUSERRESPONSE']._serialized_end=396
+  _globals['_LOGINREQUEST']._serialized_start=398
+  _globals['_LOGINREQUEST']._serialized_end=469
+  _globals['_LOGINRESPONSE']._serialized_start=471
+  _globals['_LOGINRESPONSE']._serialized_end=548
+  _globals['_GETUSERREQUEST']._serialized_start=550
+  _globals['_GETUSERREQUEST']._serialized_end=593
+  _globals['_GETUSERRESPONSE']._serialized_start=595
+  _globals['_GETUSERRESPONSE']._serialized_end=647
+  _globals['_VALIDATEUSERREQUEST']._serialized_start=649
+  _globals['_VALIDATEUSERREQUEST']._serialized_end=697
+  _globals['_VALIDATEUSERRESPONSE']._serialized_start=699
+  _globals['_VALIDATEUSERRESPONSE']._serialized_end=787
+  _globals['_USERSERVICE']._serialized_start=790
+  _globals['_USERSERVICE']._serialized_end=1117
 # @@protoc_insertion_point(module_scope)

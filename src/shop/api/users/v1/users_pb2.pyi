@@ -67,7 +67,7 @@ class CreateUserRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     password: _builtins.str
-    """At least 8 characters; stored only as a salted hash."""
+    """8 to 128 characters; stored only as a salted hash."""
     name: _builtins.str
     def __init__(
         self,
