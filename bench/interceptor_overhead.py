@@ -1,86 +1,213 @@
-"""Per-call cost of grpckit's adapter and interceptors against bare grpc.aio, in the same run.
+"""Throughput of bare grpc.aio vs a grpckit App with the full default chain, in the same run.
 
-Client and server share one process and event loop; unary Ping calls, CONCURRENCY at a time.
-Configurations, measured in interleaved rounds (median reported):
+Two tables:
 
-* bare      — grpc.aio.server, the Ping servicer, no interceptor at all
-* adapter   — grpckit App with an empty chain (the handler-wrapping adapter only)
-* chain     — App with recovery(), logging() (JSON to /dev/null) and deadlines()
-* chain-trl — the same, request id echoed in trailing instead of initial metadata
+1. **Over sockets.** The server runs in its own process pinned to core 0 (``sched_setaffinity``),
+   the load generator (grpc.aio client, one channel) in this process pinned to core 1. Configs,
+   measured in interleaved rounds (median reported):
 
-A second table times the adapter alone, without sockets: the wrapped handler is awaited with a
-fake ServicerContext, so it shows the pure-Python cost per call of each chain, free of the
-scheduling noise of a shared machine (and without the extra C-core batch that sending the
-request id in initial metadata costs on the wire).
+   * ``bare``  — ``grpc.aio.server`` with the Ping servicer, no interceptor;
+   * ``chain`` — ``App`` with ``default_interceptors()``: recovery → tracing (SDK provider,
+     BatchSpanProcessor, an exporter that drops spans) → logging (JSON lines, stderr sent to
+     /dev/null) → metrics (a private Prometheus registry) → deadlines (30 s default: the client
+     sends no deadline, so every call is bounded).
 
-Run: .venv/bin/python bench/interceptor_overhead.py [calls_per_round] [rounds]
+   Workloads: small unary Ping (``CONCURRENCY`` callers) and server streaming
+   (``STREAMS`` concurrent PingServerStream calls of ``STREAM_LEN`` small messages).
+
+2. **Per interceptor, no sockets.** The adapter-wrapped Ping handler is awaited with a fake
+   ServicerContext: the pure-Python CPU cost per call of each interceptor alone.
+
+Run: ``.venv/bin/python bench/interceptor_overhead.py [seconds_per_round] [rounds]``
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
 
 import grpc
 
 from grpckit import App, Interceptor, ServerConfig, configure_logging
+from grpckit.defaults import default_interceptors
 from grpckit.interceptors import deadlines, logging, recovery
 from grpckit.server import Adapter
 from grpckit.testing import FakeServicerContext, PingServicer, ping_service
 from grpckit.testing.api.v1 import ping_pb2, ping_pb2_grpc
 
 CONCURRENCY = 8
+STREAMS = 4
+STREAM_LEN = 1000
+SERVER_CORE, CLIENT_CORE = 0, 1
 
 
-async def bare_server() -> tuple[str, Callable[[], Awaitable[None]]]:
-    server = grpc.aio.server()
-    ping_pb2_grpc.add_PingServiceServicer_to_server(PingServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return f"127.0.0.1:{port}", lambda: server.stop(None)
+# -- the chain under test ----------------------------------------------------------------------
 
 
-def app_server(
-    interceptors: Sequence[Interceptor],
-) -> Callable[[], Awaitable[tuple[str, Callable[[], Awaitable[None]]]]]:
-    async def start() -> tuple[str, Callable[[], Awaitable[None]]]:
-        app = App(ServerConfig(grace_period=0), interceptors=interceptors)
-        service = ping_service()
-        app.add_service(service.add_to_server, service.servicer, service.descriptor)
-        await app.start()
-        return app.address, app.stop
+def full_chain() -> list[Interceptor]:
+    """default_interceptors() with tracing on (spans dropped) and a private registry."""
+    provider: Any = None
+    registry: Any = None
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
 
-    return start
+        class Drop(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
 
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Drop()))
+    except ImportError:
+        print("(opentelemetry-sdk missing: no tracing in the chain)", file=sys.stderr)
+    try:
+        import prometheus_client
 
-async def measure(address: str, calls: int) -> float:
-    """Seconds per call (wall clock) for ``calls`` unary calls, CONCURRENCY in flight."""
-    async with grpc.aio.insecure_channel(address) as channel:  # bare client for all configs
-        stub = ping_pb2_grpc.PingServiceStub(channel)
-        request = ping_pb2.PingRequest(message="x")
-        for _ in range(200):  # warm up
-            await stub.Ping(request)
-
-        async def worker(n: int) -> None:
-            for _ in range(n):
-                await stub.Ping(request)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(calls // CONCURRENCY) for _ in range(CONCURRENCY)))
-        return (time.perf_counter() - started) / (calls // CONCURRENCY * CONCURRENCY)
+        registry = prometheus_client.CollectorRegistry()
+    except ImportError:
+        print("(prometheus-client missing: no metrics in the chain)", file=sys.stderr)
+    return default_interceptors(tracer_provider=provider, registry=registry)
 
 
 def log_to_devnull() -> None:
-    """Real JSON rendering, written to /dev/null."""
+    """Real JSON rendering and writes, to /dev/null."""
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
     real_stderr, sys.stderr = sys.stderr, devnull
     configure_logging("info")
     sys.stderr = real_stderr
+
+
+# -- server process ----------------------------------------------------------------------------
+
+
+def pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > core:
+        os.sched_setaffinity(0, {core})
+
+
+def server_main(config: str, conn: Connection) -> None:
+    """Child process: serve ``config`` on a free port, send the port, stop when told."""
+    pin(SERVER_CORE)
+    log_to_devnull()
+    asyncio.run(_serve(config, conn))
+
+
+async def _serve(config: str, conn: Connection) -> None:
+    if config == "bare":
+        server = grpc.aio.server()
+        ping_pb2_grpc.add_PingServiceServicer_to_server(PingServicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        stop: Callable[[], Any] = lambda: server.stop(None)  # noqa: E731
+    else:
+        app = App(ServerConfig(grace_period=0), interceptors=full_chain())
+        service = ping_service()
+        app.add_service(service.add_to_server, service.servicer, service.descriptor)
+        await app.start()
+        port, stop = app.port, app.stop
+    conn.send(port)
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    await stop()
+
+
+class Server:
+    """A server process for one config."""
+
+    def __init__(self, config: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=server_main, args=(config, child), daemon=True)
+
+    def __enter__(self) -> str:
+        self._process.start()
+        return f"127.0.0.1:{self._conn.recv()}"
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.send("stop")
+        self._process.join(10)
+
+
+# -- load generator ----------------------------------------------------------------------------
+
+
+async def unary_rate(address: str, seconds: float) -> float:
+    """Unary calls per second, CONCURRENCY callers on one channel."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ping_pb2_grpc.PingServiceStub(channel)
+        request = ping_pb2.PingRequest(message="x")
+        for _ in range(200):  # warm up (connection, caches)
+            await stub.Ping(request)
+        done = 0
+        end = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            nonlocal done
+            while time.perf_counter() < end:
+                await stub.Ping(request)
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
+        return done / (time.perf_counter() - started)
+
+
+async def stream_rate(address: str, seconds: float) -> float:
+    """Server-streamed messages per second, STREAMS concurrent streams of STREAM_LEN."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ping_pb2_grpc.PingServiceStub(channel)
+        request = ping_pb2.PingServerStreamRequest(message="x", count=STREAM_LEN)
+        async for _ in stub.PingServerStream(request):  # warm up
+            pass
+        received = 0
+        end = time.perf_counter() + seconds
+
+        async def reader() -> None:
+            nonlocal received
+            while time.perf_counter() < end:
+                async for _ in stub.PingServerStream(request):
+                    received += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(reader() for _ in range(STREAMS)))
+        return received / (time.perf_counter() - started)
+
+
+def over_sockets(seconds: float, rounds: int) -> None:
+    workloads = {"unary": unary_rate, "stream": stream_rate}
+    rates: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for config in ("bare", "chain"):
+            with Server(config) as address:
+                for workload, measure in workloads.items():
+                    rate = asyncio.run(measure(address, seconds))
+                    rates.setdefault((workload, config), []).append(rate)
+    print(
+        f"server pinned to core {SERVER_CORE}, grpc.aio client pinned to core {CLIENT_CORE}; "
+        f"{rounds} rounds x {seconds:g} s, median"
+    )
+    print(f"{'workload':<34}{'bare/s':>10}{'chain/s':>10}{'ratio':>8}")
+    labels = {
+        "unary": f"unary Ping, {CONCURRENCY} callers (calls)",
+        "stream": f"server stream, {STREAMS}x{STREAM_LEN} (msgs)",
+    }
+    for workload, label in labels.items():
+        bare = statistics.median(rates[(workload, "bare")])
+        chain = statistics.median(rates[(workload, "chain")])
+        print(f"{label:<34}{bare:>10.0f}{chain:>10.0f}{chain / bare:>8.2f}")
+
+
+# -- per-interceptor CPU cost ------------------------------------------------------------------
 
 
 class CallDetails(NamedTuple):
@@ -88,87 +215,50 @@ class CallDetails(NamedTuple):
     invocation_metadata: tuple[tuple[str, str], ...]
 
 
-async def adapter_cost(interceptors: Sequence[Interceptor], calls: int) -> float:
-    """Seconds per call of the adapter-wrapped Ping handler with a fake context."""
+async def adapter_cost(interceptors: Sequence[Interceptor] | None, calls: int) -> float:
+    """CPU seconds per call of the Ping handler (wrapped by the adapter unless ``None``)."""
     servicer = PingServicer()
-    bare = grpc.unary_unary_rpc_method_handler(servicer.Ping)
+    behavior: Any = servicer.Ping
+    if interceptors is not None:
+        bare = grpc.unary_unary_rpc_method_handler(servicer.Ping)
 
-    async def continuation(_: object) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
-        return bare
+        async def continuation(_: object) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
+            return bare
 
-    details = CallDetails("/grpckit.testing.v1.PingService/Ping", ())
-    handler = await Adapter(interceptors).intercept_service(continuation, details)  # type: ignore[arg-type]
-    behavior = handler.unary_unary
+        details = CallDetails("/grpckit.testing.v1.PingService/Ping", ())
+        adapter = Adapter(interceptors)
+        behavior = (await adapter.intercept_service(continuation, details)).unary_unary  # type: ignore[arg-type]
     request = ping_pb2.PingRequest(message="x")
+    metadata = (("user-agent", "grpc-python-asyncio/1.85.3 grpc-c/58.0.0 (linux; chttp2)"),)
     started = time.process_time()
     for _ in range(calls):
-        await behavior(request, FakeServicerContext())
+        await behavior(request, FakeServicerContext(metadata=metadata))
     return (time.process_time() - started) / calls
 
 
-async def handler_cost(calls: int) -> float:
-    """Seconds per call of the bare Ping handler, awaited directly."""
-    servicer = PingServicer()
-    request = ping_pb2.PingRequest(message="x")
-    started = time.process_time()
-    for _ in range(calls):
-        await servicer.Ping(request, FakeServicerContext())  # type: ignore[arg-type]
-    return (time.process_time() - started) / calls
-
-
-async def main(calls: int, rounds: int) -> None:
-    configs = {
-        "bare": bare_server,
-        "adapter": app_server([]),
-        "chain": app_server([recovery(), logging(), deadlines()]),
-        "chain-trl": app_server([recovery(), logging(echo_request_id="trailing"), deadlines()]),
-    }
-    results: dict[str, list[float]] = {name: [] for name in configs}
-    for _ in range(rounds):
-        for name, start in configs.items():
-            address, stop = await start()
-            try:
-                results[name].append(await measure(address, calls))
-            finally:
-                await stop()
-    base = statistics.median(results["bare"])
-    print(f"unary Ping, {calls} calls x {rounds} rounds, concurrency {CONCURRENCY}, same process")
-    print(f"{'config':<10}{'us/call':>10}{'calls/s':>10}{'ratio':>8}{'+us/call':>10}")
-    for name, samples in results.items():
-        per_call = statistics.median(samples)
-        print(
-            f"{name:<10}{per_call * 1e6:>10.1f}{1 / per_call:>10.0f}"
-            f"{per_call / base:>8.2f}{(per_call - base) * 1e6:>10.1f}"
-        )
-    chains: dict[str, Sequence[Interceptor] | None] = {
-        "handler": None,
-        "adapter": [],
-        "recovery": [recovery()],
-        "logging": [logging()],
-        "deadlines": [deadlines()],
-        "chain": [recovery(), logging(), deadlines()],
-    }
+def per_interceptor(calls: int, rounds: int) -> None:
+    chain = full_chain()
+    names = [type(i).__name__.strip("_").lower() for i in chain]
+    chains: dict[str, Sequence[Interceptor] | None] = {"handler": None, "adapter": []}
+    chains.update({name: [interceptor] for name, interceptor in zip(names, chain, strict=True)})
+    chains["full chain"] = chain
+    chains["old chain (r,l,d)"] = [recovery(), logging(), deadlines()]
     costs: dict[str, list[float]] = {name: [] for name in chains}
     for _ in range(rounds):
-        for name, chain in chains.items():
-            costs[name].append(
-                await adapter_cost(chain or [], calls)
-                if chain is not None
-                else await handler_cost(calls)
-            )
-    direct = statistics.median(costs["handler"])
-    print(f"\nadapter alone (fake context, no sockets, CPU time), {calls} calls x {rounds} rounds")
-    print(f"{'chain':<10}{'us/call':>10}{'+us/call':>10}")
+        for name, interceptors in chains.items():
+            costs[name].append(asyncio.run(adapter_cost(interceptors, calls)))
+    adapter = min(costs["adapter"])
+    print(f"\nper call, no sockets (fake context, CPU time, best of {rounds} x {calls} calls)")
+    print(f"{'chain':<20}{'us/call':>10}{'+us over adapter':>18}")
     for name, samples in costs.items():
-        per_call = statistics.median(samples)
-        print(f"{name:<10}{per_call * 1e6:>10.1f}{(per_call - direct) * 1e6:>10.1f}")
+        best = min(samples)
+        print(f"{name:<20}{best * 1e6:>10.1f}{(best - adapter) * 1e6:>18.1f}")
 
 
 if __name__ == "__main__":
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    pin(CLIENT_CORE)
     log_to_devnull()
-    asyncio.run(
-        main(
-            int(sys.argv[1]) if len(sys.argv) > 1 else 4000,
-            int(sys.argv[2]) if len(sys.argv) > 2 else 3,
-        )
-    )
+    over_sockets(seconds, rounds)
+    per_interceptor(5000, 2 * rounds + 1)

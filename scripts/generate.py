@@ -26,7 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc_tools
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_encoding, text_format
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_encoding,
+    text_format,
+)
 from google.protobuf.message import Message
 from grpc_tools import protoc
 
@@ -44,7 +50,11 @@ SCALARS = {
     for name, value in FDP.Type.items()
     if name not in ("TYPE_MESSAGE", "TYPE_ENUM", "TYPE_GROUP")
 }
-LABELS = {FDP.LABEL_OPTIONAL: "optional", FDP.LABEL_REQUIRED: "required", FDP.LABEL_REPEATED: "repeated"}
+LABELS = {
+    FDP.LABEL_OPTIONAL: "optional",
+    FDP.LABEL_REQUIRED: "required",
+    FDP.LABEL_REPEATED: "repeated",
+}
 MAX_FIELD = 536870912  # exclusive end of a message range that reads "max"
 MAX_ENUM = 2147483647  # inclusive end of an enum range that reads "max"
 
@@ -271,7 +281,9 @@ def generate() -> int:
         common = [f"-I{PROTO}", f"-I{WKT_INCLUDE}", f"-I{googleapis_include()}"]
         common.append(f"--descriptor_set_in={validate_set}")
         # validate.proto has no services: messages and their stubs only
-        _protoc([*common, *mypy_plugins, f"--python_out={OUT}", f"--mypy_out={OUT}", VALIDATE_PROTO])
+        _protoc(
+            [*common, *mypy_plugins, f"--python_out={OUT}", f"--mypy_out={OUT}", VALIDATE_PROTO]
+        )
         _protoc(
             [
                 *common,

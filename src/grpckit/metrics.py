@@ -1,15 +1,10 @@
 """Prometheus metrics for gRPC calls: the metric families, exemplars and ``/metrics`` exposition.
 
-The names, labels and help texts are go-grpc-middleware v2's (``providers/prometheus``), so
-dashboards and alerts written for Go services work unchanged: ``grpc_{server,client}_started_total``,
-``grpc_{server,client}_handled_total`` (the only ones with ``grpc_code``),
-``grpc_{server,client}_msg_received_total``, ``grpc_{server,client}_msg_sent_total`` and the
-``grpc_{server,client}_handling_seconds`` histogram. ``grpc_code`` values are Go's code names
-(``OK``, ``NotFound``, ``Canceled`` ...). See docs/metrics.md.
-
-The interceptors that record them are :func:`grpckit.interceptors.metrics` (server) and
-:func:`grpckit.client.client_metrics_interceptors`. This module needs the ``metrics`` extra
-(prometheus-client) only when a function here is called: importing it is free.
+Names, labels and help texts are go-grpc-middleware v2's (``providers/prometheus``), so Go
+dashboards work unchanged; ``grpc_code`` (Go's names: ``OK``, ``NotFound``, ``Canceled``) is on
+``grpc_*_handled_total`` only. See docs/metrics.md. Recorded by
+:func:`grpckit.interceptors.metrics` and :func:`grpckit.client.client_metrics_interceptors`;
+prometheus-client (the ``metrics`` extra) is imported only when a function here is called.
 
 Example (serve ``/metrics`` from any HTTP server)::
 
@@ -22,7 +17,11 @@ Example (serve ``/metrics`` from any HTTP server)::
 
 from __future__ import annotations
 
+import bisect
+import math
+import re
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -33,10 +32,12 @@ import grpc
 from grpckit.call import RpcKind
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "DEFAULT_BUCKETS",
+    "EXEMPLAR_INTERVAL",
     "OPENMETRICS_CONTENT_TYPE",
     "TEXT_CONTENT_TYPE",
     "Exemplar",
@@ -66,25 +67,9 @@ TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: OpenMetrics 1.0.0, the only format that carries exemplars.
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-_CODE_LABELS = {
-    grpc.StatusCode.OK: "OK",
-    grpc.StatusCode.CANCELLED: "Canceled",
-    grpc.StatusCode.UNKNOWN: "Unknown",
-    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
-    grpc.StatusCode.NOT_FOUND: "NotFound",
-    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
-    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
-    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
-    grpc.StatusCode.ABORTED: "Aborted",
-    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
-    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented",
-    grpc.StatusCode.INTERNAL: "Internal",
-    grpc.StatusCode.UNAVAILABLE: "Unavailable",
-    grpc.StatusCode.DATA_LOSS: "DataLoss",
-    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
-}
+# Go's names (codes.Code.String()): CamelCase, with Go's spelling of CANCELLED
+_CODE_LABELS = {c: "".join(w.capitalize() for w in c.name.split("_")) for c in grpc.StatusCode}
+_CODE_LABELS |= {grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"}
 
 
 def code_label(code: grpc.StatusCode) -> str:
@@ -138,24 +123,16 @@ def _prometheus() -> ModuleType:
 
 
 def _wants_openmetrics(accept: str) -> bool:
-    for item in accept.split(","):
+    for item in accept.lower().split(","):
         media_type, *params = (part.strip() for part in item.split(";"))
-        if media_type.lower() != "application/openmetrics-text":
-            continue
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q" and _float(value) <= 0:
-                break
-        else:
+        if media_type == "application/openmetrics-text" and not any(
+            _ZERO_Q.fullmatch(param) for param in params
+        ):
             return True
     return False
 
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return 0.0
+_ZERO_Q = re.compile(r"q\s*=\s*0(\.0*)?")
 
 
 _otel_trace: Any = None  # the opentelemetry.trace module once imported; False if unavailable
@@ -185,45 +162,102 @@ def trace_exemplar() -> Exemplar | None:
     return {"trace_id": format(context.trace_id, "032x")}
 
 
-class MethodMetrics:
-    """The label children of one method, resolved once; also a message listener.
+#: Seconds between two exemplars captured for the same bucket of the same method.
+EXEMPLAR_INTERVAL = 1.0
 
-    ``on_receive`` / ``on_send`` make it usable with :meth:`grpckit.CallInfo.listen`, so stream
-    messages are counted as they pass.
+
+class MethodMetrics:
+    """The series of one method (one ``grpc_type, grpc_service, grpc_method``), under one lock.
+
+    Plain numbers updated under a per-method lock cost a fraction of prometheus-client's
+    per-child locking; :class:`RpcMetrics` exposes them at scrape time. It is also a
+    :class:`~grpckit.MessageListener`, so ``call.listen(m)`` counts stream messages as they pass.
+
+    Example::
+
+        m.begin(received=1)  # a unary request
+        m.finish(grpc.StatusCode.OK, seconds=0.002, sent=1)
     """
 
-    __slots__ = ("_handled", "_handled_vec", "_labels", "handling", "received", "sent", "started")
+    __slots__ = (
+        "_bounds",
+        "_lock",
+        "buckets",
+        "exemplars",
+        "handled",
+        "labels",
+        "ok",
+        "received",
+        "sent",
+        "started",
+        "sum",
+    )
 
-    def __init__(self, families: RpcMetrics, labels: tuple[str, str, str]) -> None:
-        self._labels = labels
-        self.started = families.started.labels(*labels)
-        self.received = families.received.labels(*labels)
-        self.sent = families.sent.labels(*labels)
-        self.handling = families.handling.labels(*labels)
-        self._handled_vec = families.handled
-        self._handled: dict[grpc.StatusCode, Counter] = {}
+    def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
+        self.labels = labels
+        self._bounds = bounds  # ends with +Inf
+        self._lock = threading.Lock()
+        self.started = self.received = self.sent = self.ok = 0
+        self.handled: dict[grpc.StatusCode, int] = {}  # codes other than OK
+        self.buckets = [0] * len(bounds)  # not cumulative
+        self.exemplars: list[tuple[Exemplar, float, float] | None] = [None] * len(bounds)
+        self.sum = 0.0
+
+    def begin(self, received: int = 0, sent: int = 0) -> None:
+        """Count a started call and the messages that came with it."""
+        with self._lock:
+            self.started += 1
+            self.received += received
+            self.sent += sent
 
     def on_receive(self, call: object, message: object) -> None:
         """Count one received message."""
-        self.received.inc()
+        with self._lock:
+            self.received += 1
 
     def on_send(self, call: object, message: object) -> None:
         """Count one sent message."""
-        self.sent.inc()
+        with self._lock:
+            self.sent += 1
 
-    def handled(self, code: grpc.StatusCode, seconds: float, exemplar: Exemplar | None) -> None:
+    def exemplar_due(self, seconds: float) -> bool:
+        """Whether the bucket of ``seconds`` has had no exemplar for :data:`EXEMPLAR_INTERVAL`."""
+        held = self.exemplars[bisect.bisect_left(self._bounds, seconds)]
+        return held is None or time.time() - held[2] >= EXEMPLAR_INTERVAL
+
+    def finish(
+        self,
+        code: grpc.StatusCode,
+        seconds: float,
+        *,
+        received: int = 0,
+        sent: int = 0,
+        exemplar: Exemplar | None = None,
+    ) -> None:
         """Record the end of a call: ``handled_total{grpc_code}`` and ``handling_seconds``."""
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled_vec.labels(*self._labels, code_label(code))
-            self._handled[code] = child
-        child.inc()
-        if exemplar is None:
-            self.handling.observe(seconds)
-        else:
-            self.handling.observe(seconds, exemplar)
+        index = bisect.bisect_left(self._bounds, seconds)  # le is inclusive
+        with self._lock:
+            if code is _OK:
+                self.ok += 1
+            else:
+                self.handled[code] = self.handled.get(code, 0) + 1
+            self.received += received
+            self.sent += sent
+            self.buckets[index] += 1
+            self.sum += seconds
+            if exemplar is not None:
+                self.exemplars[index] = (exemplar, seconds, time.time())
+
+    def snapshot(self) -> tuple[int, int, int, dict[grpc.StatusCode, int], list[int], float]:
+        """``(started, received, sent, handled by code, buckets, sum)``, read consistently."""
+        with self._lock:
+            handled = dict(self.handled)
+            if self.ok:
+                handled[_OK] = self.ok
+            return self.started, self.received, self.sent, handled, list(self.buckets), self.sum
 
 
+_OK = grpc.StatusCode.OK
 _HELP = {
     "server": (
         "Total number of RPCs started on the server.",
@@ -250,7 +284,7 @@ _SHARED_LOCK = threading.Lock()
 
 
 class RpcMetrics:
-    """The five families of one side (server or client) in one registry, and a per-method cache.
+    """The five families of one side (server or client), a prometheus-client ``Collector``.
 
     Use :meth:`of`: a registry holds each side's families once, shared by every interceptor
     built on it (two servers in one process count into the same series).
@@ -259,26 +293,20 @@ class RpcMetrics:
 
         families = RpcMetrics.of(registry, "server")
         m = families.method("/grpckit.testing.v1.PingService/Ping", RpcKind.UNARY)
-        m.started.inc()
+        m.begin(received=1)
     """
 
-    def __init__(self, registry: CollectorRegistry, side: Side, buckets: Sequence[float]) -> None:
-        _prometheus()
-        from prometheus_client import Counter, Histogram
-
-        helps = _HELP[side]
-        prefix = f"grpc_{side}_"
+    def __init__(self, side: Side, buckets: Sequence[float]) -> None:
+        bounds = sorted(float(b) for b in buckets)
+        if not bounds or bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self.side: Side = side
         self.buckets = tuple(buckets)
-        self.started = Counter(prefix + "started_total", helps[0], _LABELS, registry=registry)
-        self.handled = Counter(
-            prefix + "handled_total", helps[1], (*_LABELS, "grpc_code"), registry=registry
-        )
-        self.received = Counter(prefix + "msg_received_total", helps[2], _LABELS, registry=registry)
-        self.sent = Counter(prefix + "msg_sent_total", helps[3], _LABELS, registry=registry)
-        self.handling: Histogram = Histogram(
-            prefix + "handling_seconds", helps[4], _LABELS, registry=registry, buckets=buckets
-        )
+        self._bounds = tuple(bounds)
+        self._les = tuple(_le(bound) for bound in bounds)
         self._methods: dict[str | bytes, MethodMetrics] = {}
+        self._by_labels: dict[tuple[str, str, str], MethodMetrics] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def of(
@@ -287,7 +315,7 @@ class RpcMetrics:
         side: Side,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
     ) -> RpcMetrics:
-        """The ``side`` families in ``registry`` (default :func:`default_registry`), created once.
+        """The ``side`` families in ``registry`` (default :func:`default_registry`), made once.
 
         Raises ``ValueError`` if they already exist there with other ``buckets``.
         """
@@ -296,7 +324,9 @@ class RpcMetrics:
             sides = _SHARED.setdefault(target, {})
             families = sides.get(side)
             if families is None:
-                families = sides[side] = cls(target, side, buckets)
+                families = cls(side, buckets)
+                target.register(families)
+                sides[side] = families
         if families.buckets != tuple(buckets):
             raise ValueError(
                 f"grpc_{side}_handling_seconds already has buckets {families.buckets} "
@@ -305,11 +335,64 @@ class RpcMetrics:
         return families
 
     def method(self, full_method: str | bytes, kind: RpcKind) -> MethodMetrics:
-        """The cached :class:`MethodMetrics` of ``/package.Service/Method`` (str or bytes)."""
+        """The :class:`MethodMetrics` of ``/package.Service/Method`` (str or bytes), cached."""
         found = self._methods.get(full_method)
         if found is None:
             name = full_method.decode() if isinstance(full_method, bytes) else full_method
             service, _, method = name.lstrip("/").rpartition("/")
-            found = MethodMetrics(self, (kind.value, service, method))
-            self._methods[full_method] = found
+            labels = (kind.value, service, method)
+            with self._lock:
+                found = self._by_labels.get(labels)
+                if found is None:
+                    found = self._by_labels[labels] = MethodMetrics(labels, self._bounds)
+                self._methods[full_method] = found
         return found
+
+    def describe(self) -> list[Metric]:
+        """The five empty families (the registry checks names with it)."""
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        """The five families with a sample set per method called so far."""
+        started, handled, received, sent, handling = self._families()
+        for m in list(self._by_labels.values()):
+            labels = m.labels
+            n_started, n_received, n_sent, by_code, buckets, total = m.snapshot()
+            started.add_metric(labels, n_started)
+            received.add_metric(labels, n_received)
+            sent.add_metric(labels, n_sent)
+            for code, count in by_code.items():
+                handled.add_metric((*labels, code_label(code)), count)
+            handling.add_metric(labels, self._cumulative(m, buckets), total)
+        return [started, handled, received, sent, handling]
+
+    def _families(self) -> tuple[Any, Any, Any, Any, Any]:
+        from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+
+        helps, prefix = _HELP[self.side], f"grpc_{self.side}_"
+        with_code = (*_LABELS, "grpc_code")
+        return (
+            CounterMetricFamily(prefix + "started_total", helps[0], labels=_LABELS),
+            CounterMetricFamily(prefix + "handled_total", helps[1], labels=with_code),
+            CounterMetricFamily(prefix + "msg_received_total", helps[2], labels=_LABELS),
+            CounterMetricFamily(prefix + "msg_sent_total", helps[3], labels=_LABELS),
+            HistogramMetricFamily(prefix + "handling_seconds", helps[4], labels=_LABELS),
+        )
+
+    def _cumulative(self, m: MethodMetrics, buckets: list[int]) -> list[Any]:
+        from prometheus_client.samples import Exemplar as PromExemplar
+
+        rows: list[Any] = []
+        running = 0
+        for le, count, held in zip(self._les, buckets, list(m.exemplars), strict=True):
+            running += count
+            if held is None:
+                rows.append((le, running))
+            else:
+                rows.append((le, running, PromExemplar(held[0], held[1], held[2])))
+        return rows
+
+
+def _le(bound: float) -> str:
+    """The ``le`` label as prometheus-client writes it (``"0.005"``, ``"1.0"``, ``"+Inf"``)."""
+    return "+Inf" if bound == math.inf else repr(bound)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -69,6 +69,26 @@ def require_opentelemetry() -> None:
         import opentelemetry.trace  # noqa: F401
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc
+
+
+def enabled_check(tracer_provider: Any) -> Callable[[], bool]:
+    """A cheap per-call test: is there a provider that records (not the API's no-op)?
+
+    With ``tracer_provider=None`` the global provider is looked up on every call, so one
+    installed after the interceptors were built is picked up.
+    """
+    from opentelemetry import trace
+
+    inactive = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    if tracer_provider is not None:
+        active = not isinstance(tracer_provider, inactive)
+        return lambda: active
+    get_provider = trace.get_tracer_provider
+
+    def enabled() -> bool:
+        return not isinstance(get_provider(), inactive)
+
+    return enabled
 
 
 def trace_ids() -> tuple[str, str] | None:
@@ -121,7 +141,6 @@ def peer_attributes(peer: str) -> Mapping[str, str | int]:
     host, port = _split_host_port(unquote(rest))
     attributes: dict[str, str | int] = {
         "network.transport": "tcp",
-        "network.type": scheme,
         "network.peer.address": host,
     }
     if port is not None:
@@ -132,13 +151,15 @@ def peer_attributes(peer: str) -> Mapping[str, str | int]:
 @functools.lru_cache(maxsize=256)
 def target_attributes(target: str) -> Mapping[str, str | int]:
     """``server.address`` / ``server.port`` of a channel target (``dns:///host:443``, ``h:p``)."""
-    scheme, sep, rest = target.partition(":")
-    if not sep or scheme.isdigit() or "." in scheme:  # plain host:port
-        rest = target
-    elif scheme in ("unix", "unix-abstract"):
+    scheme, _, rest = target.partition(":")
+    if scheme in ("unix", "unix-abstract"):
         return {"server.address": rest.removeprefix("//")}
-    elif rest.startswith("//"):  # dns://[authority]/host:port
-        rest = rest[2:].partition("/")[2]
+    if scheme in ("ipv4", "ipv6"):
+        rest = rest.partition(",")[0]  # the first of a list of addresses
+    elif scheme in ("dns", "xds", "passthrough") and rest.startswith("//"):
+        rest = rest[2:].partition("/")[2]  # scheme://[authority]/host:port
+    else:
+        rest = target
     host, port = _split_host_port(rest)
     attributes: dict[str, str | int] = {"server.address": host}
     if port is not None:
@@ -307,7 +328,9 @@ def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
 
 def _otlp(env: Mapping[str, str], option: str) -> str:
     """``OTEL_EXPORTER_OTLP_TRACES_<option>`` or else ``OTEL_EXPORTER_OTLP_<option>``."""
-    value = env.get(f"OTEL_EXPORTER_OTLP_TRACES_{option}") or env.get(f"OTEL_EXPORTER_OTLP_{option}")
+    value = env.get(f"OTEL_EXPORTER_OTLP_TRACES_{option}") or env.get(
+        f"OTEL_EXPORTER_OTLP_{option}"
+    )
     return (value or "").strip()
 
 

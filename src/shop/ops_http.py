@@ -1,4 +1,4 @@
-"""The operations HTTP port: ``/healthz`` now, ``/metrics`` once metrics land.
+"""The operations HTTP port: ``/healthz`` and ``/metrics``.
 
 Deliberately tiny (asyncio streams, HTTP/1.1, GET only): it must answer while the gRPC server is
 busy and must not pull a web framework into every service process. The REST/gRPC-Web edge is a
@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 
-Route = Callable[[], Awaitable[tuple[int, str, bytes]]]
+#: A GET handler: request headers (lowercase names) -> (status, content type, body).
+Route = Callable[[Mapping[str, str]], Awaitable[tuple[int, str, bytes]]]
 
 
 class OpsServer:
@@ -41,8 +42,14 @@ class OpsServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), 10)
-            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
-                pass
+            headers: dict[str, str] = {}
+            while (line := await asyncio.wait_for(reader.readline(), 10)) not in (
+                b"\r\n",
+                b"\n",
+                b"",
+            ):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
             parts = request_line.decode("latin-1").split()
             if len(parts) < 2:
                 return
@@ -50,7 +57,7 @@ class OpsServer:
             if method not in ("GET", "HEAD"):
                 status, ctype, body = 405, "text/plain", b"method not allowed\n"
             elif path in self._routes:
-                status, ctype, body = await self._routes[path]()
+                status, ctype, body = await self._routes[path](headers)
             else:
                 status, ctype, body = 404, "text/plain", b"not found\n"
             reason = HTTPStatus(status).phrase

@@ -17,10 +17,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpckit import App, ServerConfig, get_logger
-from grpckit.interceptors import deadlines, logging, recovery
+from grpckit.client import client_metrics_interceptors
+from grpckit.interceptors import deadlines, logging, metrics, recovery
+from grpckit.metrics import render
 from shop.common.bus import InMemoryEventBus
 from shop.common.runtime import SERVICES, ServiceContext, Settings
-from shop.ops_http import OpsServer, json_response
+from shop.ops_http import OpsServer, Route, json_response
 
 # analytics first: it subscribes to the bus before the outbox relays of orders/payments start.
 MOUNT_ORDER = ("analytics", "users", "catalog", "orders", "payments", "gateway")
@@ -59,12 +61,18 @@ async def run(settings: Settings, config: ProcessConfig) -> int:
     app = App(
         ServerConfig(host=config.host, port=config.grpc_port, grace_period=settings.grace_period),
         name="shop",
-        interceptors=[recovery(), logging(), deadlines()],
+        interceptors=[recovery(), logging(), metrics(), deadlines()],
     )
     port = app.bind()
     local = f"127.0.0.1:{port}"
     peers = {s: config.peers.get(s, local) for s in SERVICES}
-    ctx = ServiceContext(settings=settings, bus=InMemoryEventBus(), peers=peers, logger=log)
+    ctx = ServiceContext(
+        settings=settings,
+        bus=InMemoryEventBus(),
+        peers=peers,
+        logger=log,
+        client_interceptors=client_metrics_interceptors(),
+    )
     app.on_stop(ctx.close)
     for service in (s for s in MOUNT_ORDER if s in config.services):
         await _mount_fn(service)(app, ctx)
@@ -72,7 +80,8 @@ async def run(settings: Settings, config: ProcessConfig) -> int:
     ops: OpsServer | None = None
     if config.http_port is not None:
         names = ["", *(FULL_NAMES[s] for s in config.services)]
-        ops = OpsServer(config.host, config.http_port, {"/healthz": _healthz(local, names)})
+        routes = {"/healthz": _healthz(local, names), "/metrics": _metrics}
+        ops = OpsServer(config.host, config.http_port, routes)
     await app.start()
     if ops is not None:
         await ops.start()
@@ -95,8 +104,13 @@ async def run(settings: Settings, config: ProcessConfig) -> int:
     return 0
 
 
-def _healthz(target: str, names: Sequence[str]) -> Callable[[], Awaitable[tuple[int, str, bytes]]]:
-    async def route() -> tuple[int, str, bytes]:
+async def _metrics(headers: Mapping[str, str]) -> tuple[int, str, bytes]:
+    content_type, body = render(accept=headers.get("accept", ""))
+    return 200, content_type, body
+
+
+def _healthz(target: str, names: Sequence[str]) -> Route:
+    async def route(_headers: Mapping[str, str]) -> tuple[int, str, bytes]:
         statuses: dict[str, str] = {}
         async with grpc.aio.insecure_channel(target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)

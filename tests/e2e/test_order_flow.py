@@ -185,3 +185,20 @@ async def test_same_idempotency_key_eight_at_once_is_one_order_one_charge(
     assert await stubs.stock(product.id) == product.stock - 1
     orders = await stubs.orders.ListOrders(orders_pb2.ListOrdersRequest(user_id=user_id), timeout=5)
     assert len(orders.orders) == 1
+
+
+async def test_metrics_count_the_order(shop: ShopProcess, channel: grpc.aio.Channel) -> None:
+    stubs = Stubs.on(channel)
+    user_id, product = await stubs.customer(), await stubs.product()
+    await stubs.gateway.ProcessOrder(order_request(user_id, product.id), timeout=15)
+    body = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{shop.http_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
+    handled = (
+        'grpc_server_handled_total{grpc_code="OK",grpc_method="ProcessOrder",'
+        'grpc_service="shop.gateway.v1.GatewayService",grpc_type="unary"} 1.0'
+    )
+    assert handled in body
+    assert 'grpc_client_handled_total{grpc_code="OK",grpc_method="ReserveStock"' in body

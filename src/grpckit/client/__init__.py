@@ -1,6 +1,7 @@
-"""Client side: :func:`dial` and the propagation interceptors it installs."""
+"""Client side: :func:`dial`, the propagation interceptors it installs, client metrics."""
 
 from grpckit.client._deadline import REQUEST_ID_KEY, propagation_interceptors
 from grpckit.client._dial import dial
+from grpckit.client._metrics import client_metrics_interceptors
 
-__all__ = ["REQUEST_ID_KEY", "dial", "propagation_interceptors"]
+__all__ = ["REQUEST_ID_KEY", "client_metrics_interceptors", "dial", "propagation_interceptors"]

@@ -15,6 +15,7 @@ one sees an iterator-backed call).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -25,7 +26,6 @@ import grpc
 from grpckit.call import RpcKind
 from grpckit.metrics import (
     DEFAULT_BUCKETS,
-    Exemplar,
     ExemplarFn,
     MethodMetrics,
     RpcMetrics,
@@ -51,15 +51,16 @@ class _Recorder:
         self._families = families
         self._exemplar = exemplar
 
-    def begin(self, details: Any, kind: RpcKind) -> tuple[MethodMetrics, Callable[[Any], None]]:
-        """Count the start; return the method's children and the done callback for its call."""
+    def begin(self, details: Any, kind: RpcKind) -> tuple[MethodMetrics, Callable[..., None]]:
+        """Count the start; return the method's series and the done callback for its call."""
         m = self._families.method(details.method, kind)
-        m.started.inc()
-        if kind is RpcKind.UNARY or kind is RpcKind.SERVER_STREAM:
-            m.sent.inc()  # the single request, handed to grpc with the call
-        exemplar = self._exemplar() if self._exemplar is not None else None
+        m.begin(sent=1 if kind is RpcKind.UNARY or kind is RpcKind.SERVER_STREAM else 0)
+        # the caller's context (its current span), for an exemplar taken when the call ends
+        context = contextvars.copy_context() if self._exemplar is not None else None
         unary_response = kind is RpcKind.UNARY or kind is RpcKind.CLIENT_STREAM
-        done = functools.partial(_finish, m, time.monotonic(), exemplar, unary_response)
+        done = functools.partial(
+            _finish, m, time.monotonic(), self._exemplar, context, unary_response
+        )
         return m, done
 
     async def start(self, continuation: Continuation, details: Any, arg: Any, done: Any) -> Any:
@@ -79,7 +80,8 @@ class _Recorder:
 def _finish(
     m: MethodMetrics,
     started: float,
-    exemplar: Exemplar | None,
+    exemplar_fn: ExemplarFn | None,
+    context: contextvars.Context | None,
     unary_response: bool,
     call: Any,
     code: grpc.StatusCode | None = None,
@@ -87,19 +89,29 @@ def _finish(
     if code is None:
         code = _code_now(call)
         if code is None:  # not readable without awaiting: finish on the loop
-            task = asyncio.ensure_future(_finish_later(m, started, exemplar, unary_response, call))
+            late = _finish_later(m, started, exemplar_fn, context, unary_response, call)
+            task = asyncio.ensure_future(late)
             _pending.add(task)
             task.add_done_callback(_pending.discard)
             return
-    if unary_response and code is _OK:
-        m.received.inc()
-    m.handled(code, time.monotonic() - started, exemplar)
+    seconds = time.monotonic() - started
+    exemplar = None
+    if exemplar_fn is not None and context is not None and m.exemplar_due(seconds):
+        exemplar = context.run(exemplar_fn)
+    received = 1 if unary_response and code is _OK else 0
+    m.finish(code, seconds, received=received, exemplar=exemplar)
 
 
 async def _finish_later(
-    m: MethodMetrics, started: float, exemplar: Exemplar | None, unary_response: bool, call: Any
+    m: MethodMetrics,
+    started: float,
+    exemplar_fn: ExemplarFn | None,
+    context: contextvars.Context | None,
+    unary_response: bool,
+    call: Any,
 ) -> None:
-    _finish(m, started, exemplar, unary_response, call, await call.code())
+    code = await call.code()
+    _finish(m, started, exemplar_fn, context, unary_response, call, code)
 
 
 def _code_now(call: Any) -> grpc.StatusCode | None:
@@ -131,17 +143,17 @@ def _code_of(exc: BaseException) -> grpc.StatusCode:
 async def _count_requests(requests: Any, m: MethodMetrics) -> AsyncIterator[Any]:
     if hasattr(requests, "__aiter__"):
         async for request in requests:
-            m.sent.inc()
+            m.on_send(None, request)
             yield request
     else:
         for request in requests:
-            m.sent.inc()
+            m.on_send(None, request)
             yield request
 
 
 async def _count_responses(call: Any, m: MethodMetrics) -> AsyncIterator[Any]:
     async for response in call:
-        m.received.inc()
+        m.on_receive(None, response)
         yield response
 
 

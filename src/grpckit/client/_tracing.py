@@ -16,11 +16,11 @@ Emits no status codes of its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
-from grpckit.tracing import SCOPE, require_opentelemetry, target_attributes
+from grpckit.tracing import SCOPE, enabled_check, require_opentelemetry, target_attributes
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
@@ -34,13 +34,22 @@ class _ClientTracer:
     """Starts client spans, injects their context, ends them when the call is done."""
 
     __slots__ = (
-        "_error", "_inject", "_kind", "_server", "_set_span", "_static", "_status", "_tracer",
+        "_enabled",
+        "_error",
+        "_inject",
+        "_kind",
+        "_server",
+        "_set_span",
+        "_static",
+        "_status",
+        "_tracer",
     )
 
     def __init__(self, tracer_provider: TracerProvider | None, target: str | None) -> None:
         from opentelemetry import propagate, trace
 
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        self._enabled = enabled_check(tracer_provider)
         self._inject: Callable[..., None] = propagate.inject
         self._set_span: Callable[..., Any] = trace.set_span_in_context
         self._kind = trace.SpanKind.CLIENT
@@ -81,6 +90,8 @@ class _ClientTracer:
 
     async def trace(self, continuation: Continuation, details: Any, request: Any) -> Any:
         """Run ``continuation`` under a client span; return grpc's call object untouched."""
+        if not self._enabled():
+            return await continuation(details, request)
         span, details = self.start(details)
         try:
             call = await continuation(details, request)
@@ -178,4 +189,10 @@ def client_tracing_interceptors(
     """
     require_opentelemetry()
     tracer = _ClientTracer(tracer_provider, target)
-    return [_UnaryUnary(tracer), _UnaryStream(tracer), _StreamUnary(tracer), _StreamStream(tracer)]
+    interceptors = [
+        _UnaryUnary(tracer),
+        _UnaryStream(tracer),
+        _StreamUnary(tracer),
+        _StreamStream(tracer),
+    ]
+    return cast("list[grpc.aio.ClientInterceptor]", interceptors)  # grpc-stubs: partial stub

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging as stdlib_logging
 import os
+import sys
 import time
 from collections.abc import Callable, Collection
 from json.encoder import encode_basestring_ascii as _json_str
@@ -73,34 +74,35 @@ _LEVELS: dict[grpc.StatusCode, int] = {
 _LEVEL_NAMES = {_INFO: "info", _WARNING: "warning", _ERROR: "error"}
 _CODE_PARTS = {code: f',"code":"{code.name}"' for code in grpc.StatusCode}
 
-#: Returns ``(trace_id, span_id)`` as hex for the current span, or ``None``.
-SpanIds = Callable[[], tuple[str, str] | None]
-
 
 def level_for(code: grpc.StatusCode) -> int:
     """The stdlib log level for a finished call with ``code``."""
     return _LEVELS.get(code, _ERROR)
 
 
-def _no_span() -> None:
-    return None
+class _SpanIds:
+    """``(trace_id, span_id)`` in hex of the current OpenTelemetry span, or ``None``.
 
+    Never imports OpenTelemetry: until something else (the tracing interceptor) has imported
+    ``opentelemetry.trace`` there is no span to read. ~1 µs per call once it has.
+    """
 
-def _otel_span_ids() -> SpanIds:
-    """Reads the current OpenTelemetry span, when ``opentelemetry-api`` is installed."""
-    try:
-        from opentelemetry import trace
-    except ImportError:
-        return _no_span
-    get_current_span = trace.get_current_span
+    __slots__ = ("_current_span",)
 
-    def span_ids() -> tuple[str, str] | None:
-        context = get_current_span().get_span_context()
+    def __init__(self) -> None:
+        self._current_span: Callable[[], Any] | None = None
+
+    def __call__(self) -> tuple[str, str] | None:
+        current_span = self._current_span
+        if current_span is None:
+            module = sys.modules.get("opentelemetry.trace")
+            if module is None:
+                return None
+            current_span = self._current_span = module.get_current_span
+        context = current_span().get_span_context()
         if not context.is_valid:
             return None
         return f"{context.trace_id:032x}", f"{context.span_id:016x}"
-
-    return span_ids
 
 
 class _Fields:
@@ -156,37 +158,37 @@ class _Fields:
         self,
         level: int,
         call: CallInfo,
-        outcome: Outcome,
+        outcome: Outcome | None,
         duration: float,
         ids: tuple[str, str] | None,
         context: dict[str, Any],
     ) -> str:
-        """The record as one JSON line, keys as structlog would write them."""
-        parts = [
-            f'{{"timestamp":"{timestamp()}","level":"{_LEVEL_NAMES[level]}"',
-            self._logger_part,
-            self._method_part(call),
-            _CODE_PARTS[outcome.code],
-            f',"duration_ms":{round(duration * 1000, 3)!r},"peer":{_json_str(call.peer)}',
-            f',"request_id":{_json_str(call.request_id)}',
-        ]
+        """The record as one JSON line, keys as structlog would write them.
+
+        ``outcome`` is ``None`` for a call that ended OK (no need to build one).
+        """
+        code = grpc.StatusCode.OK if outcome is None else outcome.code
+        line = (
+            f'{{"timestamp":"{timestamp()}","level":"{_LEVEL_NAMES[level]}"{self._logger_part}'
+            f'{self._method_part(call)}{_CODE_PARTS[code]},"duration_ms":{duration * 1000:.3f}'
+            f',"peer":{_json_str(call.peer)},"request_id":{_json_str(call.request_id)}'
+        )
         if call.kind is not RpcKind.UNARY:
             received = call.msgs_received if call.requests is not None else 1
-            parts.append(f',"msgs_received":{received},"msgs_sent":{call.msgs_sent}')
-        if outcome.code is not grpc.StatusCode.OK:
-            parts.append(f',"message":{_json_str(outcome.message)}')
+            line += f',"msgs_received":{received},"msgs_sent":{call.msgs_sent}'
+        if outcome is not None and code is not grpc.StatusCode.OK:
+            line += f',"message":{_json_str(outcome.message)}'
             reason = _reason(outcome)
             if reason:
-                parts.append(f',"reason":{_json_str(reason)}')
+                line += f',"reason":{_json_str(reason)}'
         if ids is not None:
-            parts.append(f',"trace_id":"{ids[0]}","span_id":"{ids[1]}"')
+            line += f',"trace_id":"{ids[0]}","span_id":"{ids[1]}"'
         if self._log_metadata:
-            parts.append(self._metadata_part(call))
+            line += self._metadata_part(call)
         for key, value in context.items():  # structlog context variables never override
             if key not in _RPC_KEYS:
-                parts.append(f",{_json_str(key)}:{_json_value(value)}")
-        parts.append("}\n")
-        return "".join(parts)
+                line += f",{_json_str(key)}:{_json_value(value)}"
+        return line + "}\n"
 
     def _method_part(self, call: CallInfo) -> str:
         part = self._methods.get(call.full_method)
@@ -255,7 +257,7 @@ class _Logging:
             name, self._log, self._stdlib = "", logger, None
         self._fields = _Fields(name, log_metadata, redacted)
         self._echo = echo
-        self._span_ids = _otel_span_ids()
+        self._span_ids = _SpanIds()
 
     async def intercept(self, call: CallInfo, next_: Next) -> None:
         request_id = call.header(REQUEST_ID_KEY)
@@ -274,10 +276,12 @@ class _Logging:
             error = exc
             raise
         finally:
-            self._emit(call, Outcome.of(call, error), time.perf_counter() - started)
+            self._emit(call, error, time.perf_counter() - started)
 
-    def _emit(self, call: CallInfo, outcome: Outcome, duration: float) -> None:
-        level = _LEVELS.get(outcome.code, _ERROR)
+    def _emit(self, call: CallInfo, error: BaseException | None, duration: float) -> None:
+        # A plain success needs no Outcome (a frozen dataclass costs ~1 µs to build).
+        outcome = None if error is None and call.context.code() is None else Outcome.of(call, error)
+        level = _INFO if outcome is None else _LEVELS.get(outcome.code, _ERROR)
         if self._stdlib is not None:
             sink = json_sink()
             if sink is not None:
@@ -291,6 +295,7 @@ class _Logging:
                 return
         except AttributeError:  # structlog not configured for stdlib (e.g. capture_logs)
             pass
+        outcome = outcome or Outcome.of(call, error)
         fields = self._fields.as_dict(call, outcome, duration, self._span_ids())
         self._log.log(level, "rpc", **fields)
 

@@ -3,7 +3,7 @@
 Emits: no status code of its own; it only observes. Each call counts once in
 ``grpc_server_started_total`` and, with its final code, in ``grpc_server_handled_total`` and
 ``grpc_server_handling_seconds`` (seconds since the adapter accepted the call, with a trace-id
-exemplar when an OpenTelemetry span is current). ``grpc_server_msg_received_total`` /
+exemplar when an OpenTelemetry span is current, at most one per bucket and method per second). ``grpc_server_msg_received_total`` /
 ``grpc_server_msg_sent_total`` count messages as they pass (a listener on streams), so a
 long-lived stream shows progress before it ends. The final code is the one the caller sees:
 ``StatusError`` keeps its code, cancellation is CANCELLED, other exceptions INTERNAL.
@@ -31,7 +31,7 @@ __all__ = ["metrics"]
 
 _OK = grpc.StatusCode.OK
 _UNARY = RpcKind.UNARY
-_UNARY_REQUEST = frozenset({RpcKind.UNARY, RpcKind.SERVER_STREAM})
+_SERVER_STREAM = RpcKind.SERVER_STREAM
 
 
 class _Metrics:
@@ -50,10 +50,10 @@ class _Metrics:
     async def intercept(self, call: CallInfo, next_: Next) -> None:
         m = self._methods.get(call.full_method) or self._resolve(call)
         kind = call.kind
-        m.started.inc()
-        if kind in _UNARY_REQUEST:
-            m.received.inc()  # the request was decoded before the chain runs
-        if kind is not _UNARY:
+        if kind is _UNARY:
+            m.begin(received=1)
+        else:
+            m.begin(received=1 if kind is _SERVER_STREAM else 0)
             call.listen(m)
         try:
             await next_(call)
@@ -63,10 +63,13 @@ class _Metrics:
         self._done(call, m, _returned_code(call))
 
     def _done(self, call: CallInfo, m: MethodMetrics, code: grpc.StatusCode) -> None:
-        if code is _OK and call.kind is _UNARY:
-            m.sent.inc()  # the unary response (streams count in the listener)
-        exemplar = self._exemplar() if self._exemplar is not None else None
-        m.handled(code, time.monotonic() - call.start_time, exemplar)
+        seconds = time.monotonic() - call.start_time
+        exemplar = None
+        if self._exemplar is not None and m.exemplar_due(seconds):
+            exemplar = self._exemplar()
+        # a unary response counts when it is sent; stream messages count in the listener
+        sent = 1 if code is _OK and call.kind is _UNARY else 0
+        m.finish(code, seconds, sent=sent, exemplar=exemplar)
 
     def __repr__(self) -> str:
         return "metrics()"

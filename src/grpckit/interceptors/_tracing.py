@@ -31,6 +31,7 @@ from grpckit.tracing import (
     METADATA_GETTER,
     SCOPE,
     SERVER_ERROR_CODES,
+    enabled_check,
     peer_attributes,
     require_opentelemetry,
     target_attributes,
@@ -65,7 +66,7 @@ class _MessageEvents:
 
 
 class _Tracing:
-    __slots__ = ("_api", "_events", "_server", "_static", "_tracer")
+    __slots__ = ("_api", "_enabled", "_events", "_server", "_static", "_tracer")
 
     def __init__(
         self, tracer_provider: TracerProvider | None, message_events: bool, server: str | None
@@ -73,6 +74,7 @@ class _Tracing:
         from opentelemetry import context, propagate, trace
 
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        self._enabled = enabled_check(tracer_provider)
         self._api = _Api(context, propagate, trace)
         self._events = message_events
         self._server = target_attributes(server) if server else {}
@@ -100,6 +102,9 @@ class _Tracing:
         return call.full_method.lstrip("/"), attributes
 
     async def intercept(self, call: CallInfo, next_: Next) -> None:
+        if not self._enabled():  # no provider installed: nothing to record or propagate
+            await next_(call)
+            return
         span, ctx = self._start(call)
         token = self._api.attach(ctx)
         if self._events and call.kind is not RpcKind.UNARY and span.is_recording():
@@ -113,7 +118,7 @@ class _Tracing:
         finally:
             try:
                 if span.is_recording():
-                    _finish(span, Outcome.of(call, error), self._api)
+                    _finish(span, call, error, self._api)
             finally:
                 self._api.detach(token)
                 span.end()
@@ -134,7 +139,11 @@ class _Api:
         self.status: Callable[..., Any] = trace.Status
 
 
-def _finish(span: Span, outcome: Outcome, api: _Api) -> None:
+def _finish(span: Span, call: CallInfo, error: BaseException | None, api: _Api) -> None:
+    if error is None and call.context.code() is None:  # plain success: skip building an Outcome
+        span.set_attribute("rpc.grpc.status_code", 0)
+        return
+    outcome = Outcome.of(call, error)
     code = outcome.code
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code in SERVER_ERROR_CODES:
@@ -163,4 +172,3 @@ def tracing(
     """
     require_opentelemetry()
     return _Tracing(tracer_provider, message_events, server_address)
-

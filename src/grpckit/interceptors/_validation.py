@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from google.protobuf.descriptor import Descriptor
@@ -53,7 +53,7 @@ class RuleChecker(Protocol):
 
 
 class _Validation:
-    __slots__ = ("_checker", "_log", "_rule_errors", "_has_rules")
+    __slots__ = ("_checker", "_has_rules", "_log", "_rule_errors")
 
     def __init__(self, checker: RuleChecker, logger: structlog.stdlib.BoundLogger) -> None:
         from protovalidate import CompilationError, EvaluationError
@@ -81,7 +81,9 @@ class _Validation:
         cls = type(message)
         has_rules = self._has_rules.get(cls)
         if has_rules is None:
-            has_rules = isinstance(message, Message) and declares_rules(message.DESCRIPTOR)
+            has_rules = isinstance(message, Message) and declares_rules(
+                cast(Descriptor, message.DESCRIPTOR)
+            )
             self._has_rules[cls] = has_rules
         if not has_rules:
             return
@@ -131,7 +133,8 @@ def field_violations(violations: Sequence[Violation]) -> list[tuple[str, str]]:
         description = proto.message or proto.rule_id
         if proto.for_key:
             description = f"key {description}"
-        pairs.append((field_path(proto.field.elements), description))
+        elements = proto.field.elements if proto.field is not None else ()
+        pairs.append((field_path(elements), description))
     return pairs
 
 
@@ -206,4 +209,6 @@ def validation(
         import protovalidate
 
         validator = protovalidate.Validator()
-    return _Validation(validator, logger if logger is not None else get_logger("grpckit.validation"))
+    return _Validation(
+        validator, logger if logger is not None else get_logger("grpckit.validation")
+    )
