@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import urllib.request
 
 import grpc
@@ -17,6 +19,7 @@ from shop.api.gateway.v1 import gateway_pb2
 from shop.api.orders.v1 import orders_pb2
 from shop.api.payments.v1 import payments_pb2
 from shop.api.users.v1 import users_pb2
+from tests.conftest import IN_CI
 from tests.e2e.clients import DECLINE, INSUFFICIENT, Stubs, order_request
 from tests.e2e.harness import ShopProcess
 
@@ -192,9 +195,11 @@ async def test_metrics_count_the_order(shop: ShopProcess, channel: grpc.aio.Chan
     user_id, product = await stubs.customer(), await stubs.product()
     await stubs.gateway.ProcessOrder(order_request(user_id, product.id), timeout=15)
     body = await asyncio.to_thread(
-        lambda: urllib.request.urlopen(f"http://127.0.0.1:{shop.http_port}/metrics", timeout=5)
-        .read()
-        .decode()
+        lambda: (
+            urllib.request.urlopen(f"http://127.0.0.1:{shop.http_port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
     )
     handled = (
         'grpc_server_handled_total{grpc_code="OK",grpc_method="ProcessOrder",'
@@ -202,3 +207,17 @@ async def test_metrics_count_the_order(shop: ShopProcess, channel: grpc.aio.Chan
     )
     assert handled in body
     assert 'grpc_client_handled_total{grpc_code="OK",grpc_method="ReserveStock"' in body
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        message = "promtool not found: apt-get install prometheus to lint the exposition"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=body.encode(),
+        capture_output=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
