@@ -44,7 +44,10 @@ typecheck: $(STAMP)
 	@mkdir -p .third_party/google/type
 	@cp "$$($(BIN)/python -c 'import google.type.money_pb2 as m, os; print(os.path.dirname(m.__file__))')/money.proto" $@
 
-lint-proto: .third_party/google/type/money.proto
+.third_party/buf/validate/validate.proto: $(STAMP) scripts/generate.py
+	$(BIN)/python scripts/generate.py --export-validate-proto .third_party
+
+lint-proto: .third_party/google/type/money.proto .third_party/buf/validate/validate.proto
 	$(BIN)/buf lint
 	BUF=$(BIN)/buf scripts/buf-breaking.sh
 
@@ -52,9 +55,9 @@ generate: $(STAMP)
 	$(BIN)/python scripts/generate.py
 
 check-generated: generate
-	@git diff --exit-code --stat -- src/shop/api src/grpckit/testing/api \
+	@git diff --exit-code --stat -- src/shop/api src/grpckit/testing/api src/buf \
 	  || { echo "generated code is stale: run 'make generate' and commit the result"; exit 1; }
-	@test -z "$$(git status --porcelain -- src/shop/api src/grpckit/testing/api)" \
+	@test -z "$$(git status --porcelain -- src/shop/api src/grpckit/testing/api src/buf)" \
 	  || { echo "generated files are not committed: run 'make generate' and commit them"; exit 1; }
 
 check: lint typecheck lint-proto check-generated

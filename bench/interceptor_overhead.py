@@ -10,7 +10,13 @@ Two tables:
    * ``chain`` — ``App`` with ``default_interceptors()``: recovery → tracing (SDK provider,
      BatchSpanProcessor, an exporter that drops spans) → logging (JSON lines, stderr sent to
      /dev/null) → metrics (a private Prometheus registry) → deadlines (30 s default: the client
-     sends no deadline, so every call is bounded).
+     sends no deadline, so every call is bounded);
+   * ``adapter`` — ``App`` with an empty chain (the handler-wrapping adapter alone);
+   * ``no-tracing`` — the default chain without tracing.
+
+   Besides throughput, the server process's CPU time per call (``psutil``) is printed: on a
+   shared, busy machine it is the steadier figure (the server core's capacity is 1 / CPU per
+   call), and its ratio is what the throughput ratio would be on an idle machine.
 
    Workloads: small unary Ping (``CONCURRENCY`` callers) and server streaming
    (``STREAMS`` concurrent PingServerStream calls of ``STREAM_LEN`` small messages).
@@ -34,6 +40,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 import grpc
+import psutil
 
 from grpckit import App, Interceptor, ServerConfig, configure_logging
 from grpckit.defaults import default_interceptors
@@ -51,7 +58,7 @@ SERVER_CORE, CLIENT_CORE = 0, 1
 # -- the chain under test ----------------------------------------------------------------------
 
 
-def full_chain() -> list[Interceptor]:
+def full_chain(traced: bool = True) -> list[Interceptor]:
     """default_interceptors() with tracing on (spans dropped) and a private registry."""
     provider: Any = None
     registry: Any = None
@@ -77,6 +84,8 @@ def full_chain() -> list[Interceptor]:
         registry = prometheus_client.CollectorRegistry()
     except ImportError:
         print("(prometheus-client missing: no metrics in the chain)", file=sys.stderr)
+    if not traced:
+        return default_interceptors(tracing=False, registry=registry)
     return default_interceptors(tracer_provider=provider, registry=registry)
 
 
@@ -111,7 +120,9 @@ async def _serve(config: str, conn: Connection) -> None:
         await server.start()
         stop: Callable[[], Any] = lambda: server.stop(None)  # noqa: E731
     else:
-        app = App(ServerConfig(grace_period=0), interceptors=full_chain())
+        interceptors = {"adapter": [], "no-tracing": full_chain(traced=False)}.get(config)
+        chain = full_chain() if interceptors is None else interceptors
+        app = App(ServerConfig(grace_period=0), interceptors=chain)
         service = ping_service()
         app.add_service(service.add_to_server, service.servicer, service.descriptor)
         await app.start()
@@ -129,9 +140,10 @@ class Server:
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(target=server_main, args=(config, child), daemon=True)
 
-    def __enter__(self) -> str:
+    def __enter__(self) -> tuple[str, psutil.Process]:
         self._process.start()
-        return f"127.0.0.1:{self._conn.recv()}"
+        address = f"127.0.0.1:{self._conn.recv()}"
+        return address, psutil.Process(self._process.pid)
 
     def __exit__(self, *exc: object) -> None:
         self._conn.send("stop")
@@ -141,7 +153,33 @@ class Server:
 # -- load generator ----------------------------------------------------------------------------
 
 
-async def unary_rate(address: str, seconds: float) -> float:
+class Sample:
+    """Wall time and server CPU time around a timed section; ``done(n)`` makes the rates."""
+
+    def __init__(self, server: psutil.Process) -> None:
+        self._server = server
+        self.wall = self.cpu = 0.0
+        self.rate = self.cpu_per_item = 0.0
+
+    def __enter__(self) -> Sample:
+        self.wall, self.cpu = time.perf_counter(), _cpu(self._server)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = _cpu(self._server) - self.cpu
+
+    def done(self, items: int) -> Sample:
+        self.rate, self.cpu_per_item = items / self.wall, self.cpu / max(items, 1)
+        return self
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+async def unary_rate(address: str, seconds: float, server: psutil.Process) -> Sample:
     """Unary calls per second, CONCURRENCY callers on one channel."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = ping_pb2_grpc.PingServiceStub(channel)
@@ -157,12 +195,12 @@ async def unary_rate(address: str, seconds: float) -> float:
                 await stub.Ping(request)
                 done += 1
 
-        started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
-        return done / (time.perf_counter() - started)
+        with Sample(server) as sample:
+            await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
+        return sample.done(done)
 
 
-async def stream_rate(address: str, seconds: float) -> float:
+async def stream_rate(address: str, seconds: float, server: psutil.Process) -> Sample:
     """Server-streamed messages per second, STREAMS concurrent streams of STREAM_LEN."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = ping_pb2_grpc.PingServiceStub(channel)
@@ -178,33 +216,41 @@ async def stream_rate(address: str, seconds: float) -> float:
                 async for _ in stub.PingServerStream(request):
                     received += 1
 
-        started = time.perf_counter()
-        await asyncio.gather(*(reader() for _ in range(STREAMS)))
-        return received / (time.perf_counter() - started)
+        with Sample(server) as sample:
+            await asyncio.gather(*(reader() for _ in range(STREAMS)))
+        return sample.done(received)
+
+
+CONFIGS = ("bare", "chain", "adapter", "no-tracing")
 
 
 def over_sockets(seconds: float, rounds: int) -> None:
     workloads = {"unary": unary_rate, "stream": stream_rate}
-    rates: dict[tuple[str, str], list[float]] = {}
+    samples: dict[tuple[str, str], list[Sample]] = {}
     for _ in range(rounds):
-        for config in ("bare", "chain"):
-            with Server(config) as address:
+        for config in CONFIGS:
+            with Server(config) as (address, process):
                 for workload, measure in workloads.items():
-                    rate = asyncio.run(measure(address, seconds))
-                    rates.setdefault((workload, config), []).append(rate)
+                    sample = asyncio.run(measure(address, seconds, process))
+                    samples.setdefault((workload, config), []).append(sample)
     print(
         f"server pinned to core {SERVER_CORE}, grpc.aio client pinned to core {CLIENT_CORE}; "
         f"{rounds} rounds x {seconds:g} s, median"
     )
-    print(f"{'workload':<34}{'bare/s':>10}{'chain/s':>10}{'ratio':>8}")
     labels = {
-        "unary": f"unary Ping, {CONCURRENCY} callers (calls)",
-        "stream": f"server stream, {STREAMS}x{STREAM_LEN} (msgs)",
+        "unary": f"unary Ping, {CONCURRENCY} callers (calls/s)",
+        "stream": f"server stream, {STREAMS}x{STREAM_LEN} (msgs/s)",
     }
+    print(f"{'workload':<36}" + "".join(f"{c:>12}" for c in CONFIGS))
     for workload, label in labels.items():
-        bare = statistics.median(rates[(workload, "bare")])
-        chain = statistics.median(rates[(workload, "chain")])
-        print(f"{label:<34}{bare:>10.0f}{chain:>10.0f}{chain / bare:>8.2f}")
+        rates = [statistics.median(s.rate for s in samples[(workload, c)]) for c in CONFIGS]
+        cpus = [statistics.median(s.cpu_per_item for s in samples[(workload, c)]) for c in CONFIGS]
+        print(f"{label:<36}" + "".join(f"{r:>12.0f}" for r in rates))
+        print(f"{'  ratio to bare':<36}" + "".join(f"{r / rates[0]:>12.2f}" for r in rates))
+        print(f"{'  server CPU us per item':<36}" + "".join(f"{c * 1e6:>12.1f}" for c in cpus))
+        print(
+            f"{'  CPU ratio (bare cpu / cpu)':<36}" + "".join(f"{cpus[0] / c:>12.2f}" for c in cpus)
+        )
 
 
 # -- per-interceptor CPU cost ------------------------------------------------------------------

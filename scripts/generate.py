@@ -42,6 +42,13 @@ OUT = ROOT / "src"
 BIN = Path(sys.executable).parent
 GENERATED_ROOTS = [OUT / "shop" / "api", OUT / "grpckit" / "testing" / "api", OUT / "buf"]
 VALIDATE_PROTO = "buf/validate/validate.proto"
+BUF_PACKAGE_NOTE = '''"""Generated: ``buf.validate.validate_pb2`` for google.protobuf (do not edit).
+
+buf/validate/validate.proto is protovalidate's schema, normally fetched from buf.build (which
+cannot be reached here). scripts/generate.py generates this module from the descriptor that the
+pinned ``protovalidate`` package embeds; the shop's ``_pb2`` modules import it.
+"""
+'''
 WKT_INCLUDE = Path(grpc_tools.__file__).parent / "_proto"
 
 FDP = descriptor_pb2.FieldDescriptorProto
@@ -67,8 +74,10 @@ def googleapis_include() -> Path:
 
 def validate_descriptor() -> descriptor_pb2.FileDescriptorProto:
     """buf/validate/validate.proto exactly as the installed protovalidate embeds it."""
-    import protovalidate
-
+    try:
+        import protovalidate
+    except ImportError:
+        raise SystemExit("protovalidate is not installed: run `make install`") from None
     raw = protovalidate.ViolationPb.desc().file.proto.to_binary()
     fdp = descriptor_pb2.FileDescriptorProto.FromString(raw)
     if fdp.name != VALIDATE_PROTO:
@@ -300,6 +309,7 @@ def generate() -> int:
         while node != OUT:
             (node / "__init__.py").touch()
             node = node.parent
+    (OUT / "buf" / "__init__.py").write_text(BUF_PACKAGE_NOTE)
     print(f"generated {len(files)} proto files and {VALIDATE_PROTO} into {OUT}")
     return 0
 

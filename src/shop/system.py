@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpckit import App, ServerConfig, get_logger
 from grpckit.client import client_metrics_interceptors
-from grpckit.interceptors import deadlines, logging, metrics, recovery
+from grpckit.interceptors import deadlines, logging, metrics, recovery, validation
 from grpckit.metrics import render
 from shop.common.bus import InMemoryEventBus
 from shop.common.runtime import SERVICES, ServiceContext, Settings
@@ -61,7 +61,7 @@ async def run(settings: Settings, config: ProcessConfig) -> int:
     app = App(
         ServerConfig(host=config.host, port=config.grpc_port, grace_period=settings.grace_period),
         name="shop",
-        interceptors=[recovery(), logging(), metrics(), deadlines()],
+        interceptors=[recovery(), logging(), metrics(), deadlines(), validation()],
     )
     port = app.bind()
     local = f"127.0.0.1:{port}"

@@ -121,13 +121,22 @@ async def test_out_of_stock_names_the_product(channel: grpc.aio.Channel) -> None
 async def test_bad_input_lists_every_field(channel: grpc.aio.Channel) -> None:
     stubs = Stubs.on(channel)
     user_id, product = await stubs.customer(), await stubs.product()
-    request = order_request(user_id, product.id, quantity=0, card="4242424242424241")
+    request = order_request(user_id, product.id, quantity=0, card="4242 4242 4242 4242")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stubs.gateway.ProcessOrder(request, timeout=10)
     err = StatusError.from_rpc_error(info.value)
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
     fields = {f for f, _ in err.field_violations}
     assert {"items[0].quantity", "payment_method.card_number"} <= fields
+
+    # A well-formed card number that fails the Luhn check is caught by the service itself.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stubs.gateway.ProcessOrder(
+            order_request(user_id, product.id, card="4242424242424241"), timeout=10
+        )
+    err = StatusError.from_rpc_error(info.value)
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in err.field_violations] == ["payment_method.card_number"]
 
     empty = gateway_pb2.ProcessOrderRequest(user_id=user_id, payment_method=request.payment_method)
     with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -8,6 +8,7 @@ the Ping service (sizes travel in ``count`` / ``message``): the chain
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging as stdlib_logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -175,7 +176,9 @@ async def test_client_streaming(server: TestServer) -> None:
 
 
 async def test_server_streaming(server: TestServer) -> None:
-    call = server.ping.PingServerStream(ping_pb2.PingServerStreamRequest(message="31415,9,2653,58979"))
+    call = server.ping.PingServerStream(
+        ping_pb2.PingServerStreamRequest(message="31415,9,2653,58979")
+    )
     sizes = [len(reply.message) async for reply in call]
     assert sizes == [31415, 9, 2653, 58979]
     assert await call.code() is grpc.StatusCode.OK
@@ -226,10 +229,9 @@ async def test_cancel_after_first_response(server: TestServer, interop: InteropS
 
 async def test_timeout_on_sleeping_server(server: TestServer) -> None:
     call = server.ping.PingBidi(timeout=0.001)
-    try:  # the call may be over before the write: grpc.aio then refuses it
+    # the call may be over before the write: grpc.aio then refuses it
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
         await call.write(ping_pb2.PingBidiRequest(message=zeros(27182)))
-    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-        pass
     assert await call.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -246,7 +248,9 @@ ECHOED = ((ECHO_INITIAL, "test_initial_metadata_value"), (ECHO_TRAILING, b"\xab\
 
 
 async def test_custom_metadata_unary(server: TestServer) -> None:
-    call = server.ping.Ping(ping_pb2.PingRequest(message=zeros(271828), count=314159), metadata=ECHOED)
+    call = server.ping.Ping(
+        ping_pb2.PingRequest(message=zeros(271828), count=314159), metadata=ECHOED
+    )
     assert len((await call).message) == 314159
     assert (ECHO_INITIAL, "test_initial_metadata_value") in tuple(await call.initial_metadata())
     assert (ECHO_TRAILING, b"\xab\xab\xab") in tuple(await call.trailing_metadata())

@@ -47,7 +47,15 @@ def _schema() -> descriptor_pb2.FileDescriptorProto:
     item = file.message_type.add(name="Item")
     rules = _field(item, "quantity", 1, F.TYPE_INT32).options.Extensions[validate_pb2.field]
     rules.int32.gte = 1
-    order = file.message_type.add(name="Order")
+    _add_order(file.message_type.add(name="Order"))
+    _field(file.message_type.add(name="Note"), "text", 1, F.TYPE_STRING)
+    broken = _field(file.message_type.add(name="Broken"), "text", 1, F.TYPE_STRING)
+    broken.options.Extensions[validate_pb2.field].int32.gte = 1  # int rules on a string: a bug
+    _add_service(file.service.add(name="OrderService"))
+    return file
+
+
+def _add_order(order: descriptor_pb2.DescriptorProto) -> None:
     email = _field(order, "email", 1, F.TYPE_STRING)
     email.options.Extensions[validate_pb2.field].string.email = True
     items = _field(
@@ -67,10 +75,9 @@ def _schema() -> descriptor_pb2.FileDescriptorProto:
         label=F.LABEL_REPEATED,
     )
     counts.options.Extensions[validate_pb2.field].map.values.int32.gte = 0
-    _field(file.message_type.add(name="Note"), "text", 1, F.TYPE_STRING)
-    broken = _field(file.message_type.add(name="Broken"), "text", 1, F.TYPE_STRING)
-    broken.options.Extensions[validate_pb2.field].int32.gte = 1  # int rules on a string: a bug
-    service = file.service.add(name="OrderService")
+
+
+def _add_service(service: descriptor_pb2.ServiceDescriptorProto) -> None:
     for name, request, client_streaming, server_streaming in [
         ("Place", "Order", False, False),
         ("Watch", "Order", False, True),
@@ -86,7 +93,6 @@ def _schema() -> descriptor_pb2.FileDescriptorProto:
             client_streaming=client_streaming,
             server_streaming=server_streaming,
         )
-    return file
 
 
 _POOL = descriptor_pool.Default()

@@ -1,12 +1,14 @@
 """The interceptors grpckit ships; each is a factory returning an :class:`~grpckit.Interceptor`.
 
 Recommended order: ``recovery() → tracing() → logging() → metrics() → deadlines() → guards →
-handler`` (``grpckit.defaults.default_interceptors()`` builds it).
+handler``, with ``validation()`` the last guard (``grpckit.defaults.default_interceptors()``
+builds the chain).
 """
 
 from grpckit.interceptors._deadlines import deadlines
 from grpckit.interceptors._logging import logging
 from grpckit.interceptors._metrics import metrics
 from grpckit.interceptors._recovery import recovery
+from grpckit.interceptors._validation import validation
 
-__all__ = ["deadlines", "logging", "metrics", "recovery"]
+__all__ = ["deadlines", "logging", "metrics", "recovery", "validation"]

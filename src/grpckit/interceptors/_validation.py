@@ -45,7 +45,10 @@ _RULE_OPTIONS = frozenset({"buf.validate.field", "buf.validate.message", "buf.va
 
 
 class RuleChecker(Protocol):
-    """What the interceptor needs of a validator; ``protovalidate.Validator`` is one."""
+    """What the interceptor needs of a validator; ``protovalidate.Validator`` is one.
+
+    Example: ``validation(protovalidate.Validator())`` (share one validator between servers).
+    """
 
     def collect_violations(self, message: Message, /) -> list[Violation]:
         """Every rule ``message`` breaks; raises ``CompilationError`` for broken rules."""
@@ -162,7 +165,10 @@ def _quoted(key: str) -> str:
 
 
 def declares_rules(descriptor: Descriptor) -> bool:
-    """True when ``descriptor`` or a message reachable from its fields declares a rule."""
+    """True when ``descriptor`` or a message reachable from its fields declares a rule.
+
+    Example: ``declares_rules(ping_pb2.PingRequest.DESCRIPTOR)`` is ``False``.
+    """
     return _declares_rules(descriptor, set())
 
 

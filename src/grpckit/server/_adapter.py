@@ -58,7 +58,8 @@ class InFlight:
 
     def enter(self) -> None:
         self.count += 1
-        self._idle.clear()
+        if self.count == 1:
+            self._idle.clear()
 
     def leave(self) -> None:
         self.count -= 1
@@ -140,7 +141,8 @@ def _wrap(
                 await run(call)
             except BaseException as exc:
                 await _fail(call, exc)
-            await flush_headers(call)
+            if call.response_headers:
+                await flush_headers(call)
             if call.response_trailers:
                 context.set_trailing_metadata(_trailers(call))
         finally:
@@ -164,10 +166,12 @@ _FACTORIES: dict[RpcKind, Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
 
 
 def _unary_response(original: Any) -> Next:
+    is_async = inspect.iscoroutinefunction(original)
+
     async def invoke(call: CallInfo) -> None:
         arg = call.requests if call.requests is not None else call.request
         response = original(arg, call.context)
-        if inspect.isawaitable(response):
+        if is_async or inspect.isawaitable(response):
             response = await response
         call.response = response
         call.msgs_sent += 1
@@ -187,7 +191,7 @@ def _stream_response(original: Any) -> Next:
         context = call.context
         try:
             async for response in responses:
-                if call.msgs_sent == 0:
+                if call.msgs_sent == 0 and call.response_headers:
                     await flush_headers(call)
                 call.msgs_sent += 1
                 call.response = response
