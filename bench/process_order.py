@@ -152,13 +152,17 @@ async def leak_check(shop: ShopProcess, total: int) -> None:
         products = await bench_products(stubs, 20)
         done = 0
         marks = {1000: 0.0, total: 0.0}
+        failed: dict[str, int] = {}
 
         async def worker(index: int) -> None:
             nonlocal done
             while done < total:
                 done += 1
                 product = products[done % len(products)]
-                await stubs.gateway.ProcessOrder(order_request(user_id, product.id), timeout=30)
+                try:
+                    await stubs.gateway.ProcessOrder(order_request(user_id, product.id), timeout=30)
+                except grpc.aio.AioRpcError as err:
+                    failed[err.code().name] = failed.get(err.code().name, 0) + 1
                 if done in marks:
                     marks[done] = rss.memory_info().rss / 2**20
                 if done % 1000 == 0:
