@@ -12,7 +12,9 @@ Two tables:
      /dev/null) → metrics (a private Prometheus registry) → deadlines (30 s default: the client
      sends no deadline, so every call is bounded);
    * ``adapter`` — ``App`` with an empty chain (the handler-wrapping adapter alone);
-   * ``no-tracing`` — the default chain without tracing.
+   * ``no-tracing`` — the default chain without tracing;
+   * ``no-tr-trl`` — the same, the request id echoed in trailing instead of initial metadata
+     (grpc.aio sends explicit initial metadata as one more batch per call).
 
    Besides throughput, the server process's CPU time per call (``psutil``) is printed: on a
    shared, busy machine it is the steadier figure (the server core's capacity is 1 / CPU per
@@ -45,6 +47,7 @@ import psutil
 from grpckit import App, Interceptor, ServerConfig, configure_logging
 from grpckit.defaults import default_interceptors
 from grpckit.interceptors import deadlines, logging, recovery
+from grpckit.interceptors._logging import EchoRequestId
 from grpckit.server import Adapter
 from grpckit.testing import FakeServicerContext, PingServicer, ping_service
 from grpckit.testing.api.v1 import ping_pb2, ping_pb2_grpc
@@ -58,7 +61,7 @@ SERVER_CORE, CLIENT_CORE = 0, 1
 # -- the chain under test ----------------------------------------------------------------------
 
 
-def full_chain(traced: bool = True) -> list[Interceptor]:
+def full_chain(traced: bool = True, echo: EchoRequestId = "initial") -> list[Interceptor]:
     """default_interceptors() with tracing on (spans dropped) and a private registry."""
     provider: Any = None
     registry: Any = None
@@ -85,8 +88,8 @@ def full_chain(traced: bool = True) -> list[Interceptor]:
     except ImportError:
         print("(prometheus-client missing: no metrics in the chain)", file=sys.stderr)
     if not traced:
-        return default_interceptors(tracing=False, registry=registry)
-    return default_interceptors(tracer_provider=provider, registry=registry)
+        return default_interceptors(tracing=False, registry=registry, echo_request_id=echo)
+    return default_interceptors(tracer_provider=provider, registry=registry, echo_request_id=echo)
 
 
 def log_to_devnull() -> None:
@@ -120,7 +123,11 @@ async def _serve(config: str, conn: Connection) -> None:
         await server.start()
         stop: Callable[[], Any] = lambda: server.stop(None)  # noqa: E731
     else:
-        interceptors = {"adapter": [], "no-tracing": full_chain(traced=False)}.get(config)
+        interceptors = {
+            "adapter": [],
+            "no-tracing": full_chain(traced=False),
+            "no-tr-trl": full_chain(traced=False, echo="trailing"),
+        }.get(config)
         chain = full_chain() if interceptors is None else interceptors
         app = App(ServerConfig(grace_period=0), interceptors=chain)
         service = ping_service()
@@ -221,7 +228,7 @@ async def stream_rate(address: str, seconds: float, server: psutil.Process) -> S
         return sample.done(received)
 
 
-CONFIGS = ("bare", "chain", "adapter", "no-tracing")
+CONFIGS = ("bare", "chain", "adapter", "no-tracing", "no-tr-trl")
 
 
 def over_sockets(seconds: float, rounds: int) -> None:

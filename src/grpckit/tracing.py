@@ -8,7 +8,8 @@ OpenTelemetry until it is used, so ``import grpckit`` works without it.
   those variables ask for it.
 * :func:`trace_ids` returns the current trace and span ids for log records.
 * The server interceptor is :func:`grpckit.interceptors.tracing`; the client interceptors come
-  from :func:`grpckit.client.client_tracing_interceptors`.
+  from :func:`grpckit.client.client_tracing_interceptors`. The other public names here
+  (metadata getter, address attributes, ``enabled_check``) are the pieces both share.
 
 Spans follow the OpenTelemetry semantic conventions for RPC and gRPC, version
 :data:`SEMCONV_VERSION` (``rpc.system``, ``rpc.service``, ``rpc.method``,

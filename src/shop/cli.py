@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if (addr := getattr(ns, f"{p}_addr") or env.get(f"SHOP_{p.upper()}_ADDR"))
                 }
                 config = ProcessConfig((ns.service,), ns.host, ns.port, ns.http_port, peers)
-            return asyncio.run(run(settings, config))
+            return asyncio.run(run(settings, config, env=env))
         from shop import terminal
 
         if ns.command == "order":

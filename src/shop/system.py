@@ -17,9 +17,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpckit import App, ServerConfig, get_logger
-from grpckit.client import client_metrics_interceptors
-from grpckit.interceptors import deadlines, logging, metrics, recovery, validation
+from grpckit.client import client_metrics_interceptors, client_tracing_interceptors
+from grpckit.interceptors import deadlines, logging, metrics, recovery, tracing, validation
 from grpckit.metrics import render
+from grpckit.tracing import configure_from_env
 from shop.common.bus import InMemoryEventBus
 from shop.common.runtime import SERVICES, ServiceContext, Settings
 from shop.ops_http import OpsServer, Route, json_response
@@ -55,14 +56,24 @@ def _mount_fn(service: str) -> Mount:
     return mount
 
 
-async def run(settings: Settings, config: ProcessConfig) -> int:
-    """Serve until SIGINT/SIGTERM; returns the process exit code."""
+async def run(
+    settings: Settings, config: ProcessConfig, env: Mapping[str, str] | None = None
+) -> int:
+    """Serve until SIGINT/SIGTERM; returns the process exit code.
+
+    ``env`` carries the standard ``OTEL_*`` variables; tracing is off unless they configure it.
+    """
     log = get_logger("shop")
+    name = "shop" if len(config.services) > 1 else f"shop-{config.services[0]}"
+    provider = configure_from_env(name, env or {})
+    traced = [tracing(provider)] if provider is not None else []
     app = App(
         ServerConfig(host=config.host, port=config.grpc_port, grace_period=settings.grace_period),
         name="shop",
-        interceptors=[recovery(), logging(), metrics(), deadlines(), validation()],
+        interceptors=[recovery(), *traced, logging(), metrics(), deadlines(), validation()],
     )
+    if provider is not None:
+        app.on_stop(lambda: asyncio.to_thread(provider.shutdown))  # runs last: flushes spans
     port = app.bind()
     local = f"127.0.0.1:{port}"
     peers = {s: config.peers.get(s, local) for s in SERVICES}
@@ -71,7 +82,10 @@ async def run(settings: Settings, config: ProcessConfig) -> int:
         bus=InMemoryEventBus(),
         peers=peers,
         logger=log,
-        client_interceptors=client_metrics_interceptors(),
+        client_interceptors=[
+            *client_metrics_interceptors(),
+            *(client_tracing_interceptors(provider) if provider is not None else []),
+        ],
     )
     app.on_stop(ctx.close)
     for service in (s for s in MOUNT_ORDER if s in config.services):

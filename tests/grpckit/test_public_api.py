@@ -17,8 +17,10 @@ PUBLIC_MODULES = [
     "grpckit.errors",
     "grpckit.interceptors",
     "grpckit.logs",
+    "grpckit.metrics",
     "grpckit.middleware",
     "grpckit.server",
+    "grpckit.tracing",
     "grpckit.testing",
 ]
 

@@ -504,3 +504,14 @@ async def test_the_client_span_ends_by_the_time_the_call_returns(
     for count in range(1, 21):
         await client.Ping(ping_pb2.PingRequest())
         assert len(spans(exporter, SpanKind.CLIENT)) == count
+
+
+async def test_server_address_fills_the_server_attributes(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    chain = [tracing(provider, server_address="dns:///shop.internal:50051")]
+    async with serve_in_process(PingServicer(), interceptors=chain) as srv:
+        await srv.ping.Ping(ping_pb2.PingRequest())
+    [span] = spans(exporter)
+    assert attrs(span)["server.address"] == "shop.internal"
+    assert attrs(span)["server.port"] == 50051

@@ -9,6 +9,7 @@ from grpckit.interceptors._deadlines import deadlines
 from grpckit.interceptors._logging import logging
 from grpckit.interceptors._metrics import metrics
 from grpckit.interceptors._recovery import recovery
+from grpckit.interceptors._tracing import tracing
 from grpckit.interceptors._validation import validation
 
-__all__ = ["deadlines", "logging", "metrics", "recovery", "validation"]
+__all__ = ["deadlines", "logging", "metrics", "recovery", "tracing", "validation"]
