@@ -18,6 +18,7 @@ Example::
 
 from grpckit.call import CallInfo, MessageListener, Outcome, RpcKind, current_call
 from grpckit.client import dial
+from grpckit.defaults import default_interceptors
 from grpckit.errors import StatusError
 from grpckit.logs import configure_logging, get_logger
 from grpckit.middleware import Interceptor, Matcher, Next, select
@@ -36,6 +37,7 @@ __all__ = [
     "StatusError",
     "configure_logging",
     "current_call",
+    "default_interceptors",
     "dial",
     "get_logger",
     "select",

@@ -18,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpckit import App, ServerConfig, get_logger
 from grpckit.client import client_metrics_interceptors, client_tracing_interceptors
-from grpckit.interceptors import deadlines, logging, metrics, recovery, tracing, validation
+from grpckit.defaults import default_interceptors
+from grpckit.interceptors import validation
 from grpckit.metrics import render
 from grpckit.tracing import configure_from_env
 from shop.common.bus import InMemoryEventBus
@@ -66,11 +67,13 @@ async def run(
     log = get_logger("shop")
     name = "shop" if len(config.services) > 1 else f"shop-{config.services[0]}"
     provider = configure_from_env(name, env or {})
-    traced = [tracing(provider)] if provider is not None else []
+    chain = default_interceptors(
+        tracing=provider is not None, tracer_provider=provider, metrics=True
+    )
     app = App(
         ServerConfig(host=config.host, port=config.grpc_port, grace_period=settings.grace_period),
         name="shop",
-        interceptors=[recovery(), *traced, logging(), metrics(), deadlines(), validation()],
+        interceptors=[*chain, validation()],
     )
     if provider is not None:
         app.on_stop(lambda: asyncio.to_thread(provider.shutdown))  # runs last: flushes spans

@@ -14,6 +14,7 @@ PUBLIC_MODULES = [
     "grpckit",
     "grpckit.call",
     "grpckit.client",
+    "grpckit.defaults",
     "grpckit.errors",
     "grpckit.interceptors",
     "grpckit.logs",

@@ -1,8 +1,8 @@
 """The interceptors grpckit ships; each is a factory returning an :class:`~grpckit.Interceptor`.
 
-Recommended order: ``recovery() → tracing() → logging() → metrics() → deadlines() → guards →
-handler``, with ``validation()`` the last guard (``grpckit.defaults.default_interceptors()``
-builds the chain).
+Recommended order: ``recovery() → tracing() → logging() → metrics() → deadlines()`` (what
+:func:`grpckit.default_interceptors` builds), then the guards, ``validation()`` last, then the
+handler.
 """
 
 from grpckit.interceptors._deadlines import deadlines

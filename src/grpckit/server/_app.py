@@ -22,7 +22,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from grpckit.logs import get_logger
+from grpckit.logs import flush_logs, get_logger
 from grpckit.middleware import Interceptor
 from grpckit.server._adapter import Adapter
 from grpckit.server._config import ServerConfig
@@ -230,6 +230,7 @@ class App:
         finally:
             self._terminated.set()
             self._log.info("app.stopped")
+            flush_logs()
 
     async def _drain(self, grace: float) -> None:
         """NOT_SERVING is set; let running calls finish, then refuse new ones and stop.
