@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import enum
 import time
 from collections.abc import AsyncIterator
@@ -94,6 +95,9 @@ class CallInfo:
     start_time: float = field(default_factory=time.monotonic)
     request_id: str = ""
     deadline: float | None = None
+    #: False once :func:`detach_deadline` ran: outgoing calls keep the request id (and the
+    #: trace) but no longer inherit this call's remaining time.
+    propagate_deadline: bool = True
     msgs_received: int = 0
     msgs_sent: int = 0
     listeners: list[MessageListener] = field(default_factory=list)
@@ -224,6 +228,24 @@ def set_current_call(call: CallInfo | None) -> contextvars.Token[CallInfo | None
         await asyncio.create_task(detached(compensate()))
     """
     return _CURRENT.set(call)
+
+
+def detach_deadline() -> None:
+    """In the current task's context, stop capping outgoing calls by the incoming deadline.
+
+    For work that must finish although the caller may give up (an undo after money moved):
+    the outgoing calls get their own timeouts but still carry the request id and trace.
+    Call it at the start of a task (``asyncio.create_task`` copies the context).
+
+    Example::
+
+        async def undo() -> None:
+            detach_deadline()
+            await payments.RefundPayment(request, timeout=5)
+    """
+    call = _CURRENT.get()
+    if call is not None and call.propagate_deadline:
+        _CURRENT.set(dataclasses.replace(call, propagate_deadline=False))
 
 
 def current_call() -> CallInfo | None:

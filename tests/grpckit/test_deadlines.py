@@ -106,7 +106,7 @@ async def test_bound_expiry_is_deadline_exceeded_and_cancels_the_handler() -> No
 async def test_detached_task_does_not_inherit_the_incoming_deadline() -> None:
     import asyncio
 
-    from grpckit.call import set_current_call
+    from grpckit.call import detach_deadline
 
     class Detaching(Relay):
         async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:
@@ -114,17 +114,24 @@ async def test_detached_task_does_not_inherit_the_incoming_deadline() -> None:
                 return await super().Ping(request, context)
 
             async def detached() -> Any:
-                set_current_call(None)
+                detach_deadline()
                 return await self.downstream.Ping(ping_pb2.PingRequest(message="leaf"))
 
-            return await asyncio.create_task(detached())  # type: ignore[no-any-return]
+            reply = await asyncio.create_task(detached())
+            # Only the task's copy of the context was detached: this handler still propagates.
+            assert current_call() is not None
+            assert current_call().propagate_deadline  # type: ignore[union-attr]
+            return reply  # type: ignore[no-any-return]
 
     servicer = Detaching()
     async with (
-        serve_in_process(servicer, default_timeout=None) as server,
+        serve_in_process(servicer, interceptors=[logging()], default_timeout=None) as server,
         dial(server.address, default_timeout=4.0) as channel,
     ):
         servicer.downstream = ping_pb2_grpc.PingServiceStub(channel)
-        await server.ping.Ping(ping_pb2.PingRequest(message="relay"), timeout=1.0)
+        await server.ping.Ping(
+            ping_pb2.PingRequest(message="relay"), timeout=1.0, metadata=(("x-request-id", "r-9"),)
+        )
     [remaining] = servicer.leaf_remaining
     assert remaining is not None and remaining > 3.0
+    assert servicer.leaf_request_ids == ["r-9"]  # the request id still travels

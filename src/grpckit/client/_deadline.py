@@ -29,7 +29,7 @@ def _details(details: grpc.aio.ClientCallDetails, default_timeout: float | None)
     metadata = details.metadata
     call = current_call()
     if call is not None:
-        remaining = call.time_remaining()
+        remaining = call.time_remaining() if call.propagate_deadline else None
         if remaining is not None:
             remaining = max(remaining, 0.0)
             timeout = remaining if timeout is None else min(timeout, remaining)

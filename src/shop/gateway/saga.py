@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from grpckit.call import set_current_call
+from grpckit.call import detach_deadline
 from grpckit.errors import StatusError, internal
 from shop.api.gateway.v1 import gateway_pb2
 from shop.api.orders.v1 import orders_pb2
@@ -321,7 +321,7 @@ async def detached(work: Coroutine[Any, Any, T]) -> T:
     the peers' calls get their own timeouts instead of what the caller has left."""
 
     async def run() -> T:
-        set_current_call(None)  # only in this task's copy of the context
+        detach_deadline()  # only in this task's copy of the context; request id and trace stay
         return await work
 
     return await asyncio.create_task(run())
