@@ -73,6 +73,11 @@ class MessageListener(Protocol):
         """Called for each response message before it is written."""
 
 
+#: Metadata key :func:`grpckit.dial` adds to calls made from inside a handler: a draining
+#: server still accepts these (running calls may depend on them), not new top-level calls.
+NESTED_KEY = "grpckit-nested"
+
+
 @dataclass(eq=False)
 class CallInfo:
     """One call being served. Built by the adapter; interceptors may annotate it.

@@ -134,3 +134,48 @@ async def test_runs_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
             assert order.order.status == orders_pb2.ORDER_STATUS_PAID
     finally:
         assert shop.stop() == 0
+
+
+async def test_sigterm_under_load_loses_no_accepted_call(tmp_path: Path) -> None:
+    """Steady ProcessOrder load, then SIGTERM: every call the server accepted is answered.
+
+    A call either succeeds or fails UNAVAILABLE at the transport (the server had stopped
+    accepting); after a restart the journal holds no PENDING order, and every PAID order is
+    one the client saw succeed (nothing was done and then dropped unanswered).
+    """
+    shop = ShopProcess(tmp_path / "data").start()
+    outcomes: list[str] = []
+    async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+        stubs = Stubs.on(ch)
+        user_id, product = await stubs.customer(), await stubs.product()
+        started = asyncio.Event()
+
+        async def worker() -> None:
+            while True:
+                try:
+                    await stubs.gateway.ProcessOrder(order_request(user_id, product.id), timeout=20)
+                    outcomes.append("OK")
+                    started.set()
+                except grpc.aio.AioRpcError as err:
+                    outcomes.append(err.code().name)
+                    return
+
+        workers = [asyncio.create_task(worker()) for _ in range(6)]
+        await started.wait()
+        shop.signal(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*workers), 60)
+    assert await asyncio.to_thread(shop.wait, 30) == 0
+    assert set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
+    succeeded = outcomes.count("OK")
+
+    shop = ShopProcess(tmp_path / "data").start()
+    try:
+        async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+            listed = await Stubs.on(ch).orders.ListOrders(
+                orders_pb2.ListOrdersRequest(user_id=user_id, page_size=100), timeout=5
+            )
+        statuses = [o.status for o in listed.orders]
+        assert orders_pb2.ORDER_STATUS_PENDING not in statuses
+        assert statuses.count(orders_pb2.ORDER_STATUS_PAID) == succeeded
+    finally:
+        assert shop.stop() == 0

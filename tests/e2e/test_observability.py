@@ -31,9 +31,7 @@ async def test_one_order_is_one_trace_in_the_logs(tmp_path: Path) -> None:
         async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
             stubs = Stubs.on(ch)
             user_id, product = await stubs.customer(), await stubs.product()
-            reply = await stubs.gateway.ProcessOrder(
-                order_request(user_id, product.id), timeout=15
-            )
+            reply = await stubs.gateway.ProcessOrder(order_request(user_id, product.id), timeout=15)
         assert reply.order.id
         root = await asyncio.to_thread(
             shop.wait_for, lambda r: r.get("event") == "rpc" and r.get("method") == "ProcessOrder"

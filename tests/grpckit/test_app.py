@@ -14,6 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from grpckit import App, ServerConfig, dial
+from grpckit.call import NESTED_KEY
+from grpckit.errors import StatusError
 from grpckit.testing import PING_SERVICE, PingServicer, ping_service, serve_in_process
 from grpckit.testing.api.v1 import ping_pb2, ping_pb2_grpc
 
@@ -61,8 +63,16 @@ async def test_graceful_stop_drains_in_flight_calls_and_reports_not_serving() ->
         stopping = asyncio.create_task(server.app.stop(grace=10))
         assert (await watch.read()).status == NOT_SERVING
         watch.cancel()
-        # While draining, the server still accepts: in-flight handlers may call back into it.
-        nested = server.ping.Ping(ping_pb2.PingRequest(message="nested"), timeout=10)
+        # While draining, new top-level calls are refused before any handler runs ...
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await server.ping.Ping(ping_pb2.PingRequest(message="new"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert StatusError.from_rpc_error(refused.value).reason == "DRAINING"
+        assert "new" not in servicer.arrived
+        # ... but nested calls (dial() marks them) still get in: running calls may need them.
+        nested = server.ping.Ping(
+            ping_pb2.PingRequest(message="nested"), timeout=10, metadata=((NESTED_KEY, "1"),)
+        )
         await servicer.arrival("nested").wait()
         servicer.release.set()
         assert (await in_flight).message == "drain me"

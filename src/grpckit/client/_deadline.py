@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from grpckit.call import current_call
+from grpckit.call import NESTED_KEY, current_call
 
 __all__ = ["REQUEST_ID_KEY", "propagation_interceptors"]
 
@@ -33,9 +33,7 @@ def _details(details: grpc.aio.ClientCallDetails, default_timeout: float | None)
         if remaining is not None:
             remaining = max(remaining, 0.0)
             timeout = remaining if timeout is None else min(timeout, remaining)
-        request_id = call.request_id or call.header(REQUEST_ID_KEY)
-        if request_id:
-            metadata = _with_request_id(metadata, request_id)
+        metadata = _nested(metadata, call.request_id or call.header(REQUEST_ID_KEY))
     if timeout is details.timeout and metadata is details.metadata:
         return details
     return grpc.aio.ClientCallDetails(
@@ -43,10 +41,13 @@ def _details(details: grpc.aio.ClientCallDetails, default_timeout: float | None)
     )
 
 
-def _with_request_id(metadata: Any, request_id: str | bytes) -> grpc.aio.Metadata:
+def _nested(metadata: Any, request_id: str | bytes | None) -> grpc.aio.Metadata:
+    """The caller's metadata plus the request id (unless set) and the nested-call marker."""
     merged = grpc.aio.Metadata(*(tuple(metadata) if metadata is not None else ()))
-    if REQUEST_ID_KEY not in merged:
+    if request_id and REQUEST_ID_KEY not in merged:
         merged.add(REQUEST_ID_KEY, request_id)
+    if NESTED_KEY not in merged:
+        merged.add(NESTED_KEY, "1")
     return merged
 
 

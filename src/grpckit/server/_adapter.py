@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import structlog
 
-from grpckit.call import CallInfo, RpcKind, set_current_call
-from grpckit.errors import STATUS_DETAILS_KEY, StatusError, internal
+from grpckit.call import NESTED_KEY, CallInfo, RpcKind, set_current_call
+from grpckit.errors import STATUS_DETAILS_KEY, StatusError, internal, unavailable
 from grpckit.middleware import BUILTIN_SERVICES, Interceptor, Next, chain
 
 __all__ = ["Adapter", "InFlight"]
@@ -46,13 +46,17 @@ if TYPE_CHECKING:
 class InFlight:
     """Counts the intercepted calls running now; ``wait_idle`` returns when there are none.
 
-    The App drains with it: health goes NOT_SERVING, the server keeps accepting (calls that
-    in-flight handlers make back into this server must still get through), and ``stop()`` waits
-    here for the running calls before the server refuses new ones.
+    The App drains with it: health goes NOT_SERVING and ``draining`` is set. While draining,
+    the server still accepts *nested* calls (made through :func:`grpckit.dial` from inside a
+    handler, here or in another process: they carry ``NESTED_KEY``), because running calls
+    may depend on them (``shop up`` serves every service on one port); new top-level calls get
+    UNAVAILABLE ``DRAINING`` before any handler runs, so a client can retry them elsewhere.
+    ``stop()`` waits here for the running calls before the server refuses everything.
     """
 
     def __init__(self) -> None:
         self.count = 0
+        self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -93,6 +97,8 @@ class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler  # type: ignore[return-value]
         full_method: str = handler_call_details.method
+        if self.in_flight.draining and _refused(full_method, handler_call_details):
+            return _refusal(handler)
         cached = self._cache.get(full_method)
         if cached is not None and cached[0] is _behavior(handler):
             return cached[1]
@@ -102,6 +108,31 @@ class Adapter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         wrapped = _wrap(handler, full_method, service, method, self._interceptors, self.in_flight)
         self._cache[full_method] = (_behavior(handler), wrapped)
         return wrapped
+
+
+def _refused(full_method: str, details: grpc.HandlerCallDetails) -> bool:
+    """While draining: a new top-level call to an application service (health and reflection
+    keep answering; nested calls still get in)."""
+    if _split(full_method)[0] in BUILTIN_SERVICES:
+        return False
+    return not any(key == NESTED_KEY for key, _ in details.invocation_metadata or ())
+
+
+def _refusal(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same kind that answers UNAVAILABLE DRAINING without running anything."""
+    status = unavailable(
+        "the server is shutting down: retry the call (on another replica)", reason="DRAINING"
+    ).to_status()
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    kind = RpcKind.of(handler.request_streaming, handler.response_streaming)
+    return _FACTORIES[kind](
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _split(full_method: str) -> tuple[str, str]:

@@ -219,6 +219,7 @@ class App:
         if self._starting:
             await self._start_finished.wait()
         try:
+            self._adapter.in_flight.draining = True  # refuse new top-level calls from now on
             await self._health.shutdown()
             if self._server is not None:
                 await self._drain(grace)
@@ -233,11 +234,12 @@ class App:
             flush_logs()
 
     async def _drain(self, grace: float) -> None:
-        """NOT_SERVING is set; let running calls finish, then refuse new ones and stop.
+        """NOT_SERVING is set; let running calls finish, then stop.
 
-        The server keeps accepting while running calls finish, because those calls may call
-        back into this server (``shop up`` serves every service on one port). Whatever still
-        runs when ``grace`` is over is cancelled by ``server.stop``.
+        New top-level calls are refused at once (UNAVAILABLE ``DRAINING``); nested calls are
+        still accepted, because running calls may call back into this server (``shop up``
+        serves every service on one port). Whatever still runs when ``grace`` is over is
+        cancelled by ``server.stop``.
         """
         assert self._server is not None
         loop = asyncio.get_running_loop()
