@@ -63,6 +63,8 @@ check-generated: generate
 check: lint typecheck lint-proto check-generated
 
 bench: $(STAMP)
+	$(BIN)/python bench/interceptor_overhead.py
+	$(BIN)/python bench/analytics_ingest.py
 	$(BIN)/python bench/process_order.py
 
 clean:
