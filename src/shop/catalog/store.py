@@ -8,7 +8,7 @@ makes ReserveStock idempotent and ReleaseStock safe to repeat or to arrive first
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
@@ -32,6 +32,7 @@ from shop.catalog.domain import (
 from shop.common.db import Database, Migration
 from shop.common.ids import new_id
 from shop.common.money import Money
+from shop.common.times import as_utc
 
 T = TypeVar("T")
 
@@ -309,11 +310,6 @@ def _to_domain(row: ProductRow) -> Product:
         description=row.description,
         price=Money(row.price_minor, row.currency),
         stock=row.stock,
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
     )
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -7,7 +7,7 @@ for them. Timestamps are stored as UTC and read back as aware datetimes on both 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shop.common.db import Database, Migration
 from shop.common.money import Money
+from shop.common.times import as_utc
 from shop.gateway.domain import (
     LineItem,
     Progress,
@@ -138,7 +139,7 @@ class SagaStore:
         query = (
             sagas.update()
             .where(sagas.c.id == saga.id, sagas.c.version == saga.version)
-            .values(owner=owner, updated_at=_utc(now), version=saga.version + 1)
+            .values(owner=owner, updated_at=as_utc(now), version=saga.version + 1)
         )
         async with self._db.transaction() as session:
             result = await session.execute(query)
@@ -171,9 +172,9 @@ def _to_row(saga: Saga) -> dict[str, Any]:
         "error_details": error.status if error else None,
         "owner": saga.owner,
         "version": saga.version,
-        "created_at": _utc(saga.created_at),
-        "updated_at": _utc(saga.updated_at),
-        "deadline": _utc(saga.deadline),
+        "created_at": as_utc(saga.created_at),
+        "updated_at": as_utc(saga.updated_at),
+        "deadline": as_utc(saga.deadline),
     }
 
 
@@ -197,9 +198,9 @@ def _from_row(row: Any) -> Saga:
         state=SagaState(row["state"]),
         owner=row["owner"],
         version=int(row["version"]),
-        created_at=_utc(row["created_at"]),
-        updated_at=_utc(row["updated_at"]),
-        deadline=_utc(row["deadline"]),
+        created_at=as_utc(row["created_at"]),
+        updated_at=as_utc(row["updated_at"]),
+        deadline=as_utc(row["deadline"]),
         pending_step=Step(row["pending_step"]) if row["pending_step"] else None,
         progress=Progress(
             order_id=row["order_id"],
@@ -216,10 +217,3 @@ def _from_row(row: Any) -> Saga:
 
 def _items(raw: Sequence[Sequence[Any]]) -> tuple[LineItem, ...]:
     return tuple(LineItem(str(product_id), int(quantity)) for product_id, quantity in raw)
-
-
-def _utc(value: datetime) -> datetime:
-    """Aware UTC, truncated to microseconds (SQLite returns naive datetimes)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)

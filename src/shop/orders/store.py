@@ -9,7 +9,7 @@ orders and compares the same way on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +22,7 @@ from shop.common.db import Database, Migration
 from shop.common.ids import new_id
 from shop.common.money import Money
 from shop.common.outbox import add_events, outbox_table
+from shop.common.times import from_micros, to_micros, utcnow
 from shop.orders.changes import ChangeNotifier
 from shop.orders.domain import (
     InvalidTransitionError,
@@ -75,21 +76,7 @@ def _create_all(conn: Connection) -> None:
 
 MIGRATIONS: list[Migration] = [Migration(1, "orders, order items and the outbox", _create_all)]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NEWEST_FIRST = (orders.c.created_at_us.desc(), orders.c.id.desc())
-
-
-def to_micros(moment: datetime) -> int:
-    """Microseconds since the epoch of an aware datetime."""
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class OrdersStore:
@@ -103,7 +90,7 @@ class OrdersStore:
         self,
         db: Database,
         *,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         on_events: Callable[[], None] | None = None,
     ) -> None:
         self._db = db

@@ -11,7 +11,7 @@ idempotency key, which the provider deduplicates.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ from shop.common.db import Database, Migration
 from shop.common.ids import new_id
 from shop.common.money import Money
 from shop.common.outbox import add_events, outbox_table
+from shop.common.times import from_micros, to_micros, utcnow
 from shop.payments.domain import (
     Payment,
     PaymentNotCapturedError,
@@ -66,20 +67,7 @@ def _create_all(conn: Connection) -> None:
 
 MIGRATIONS: list[Migration] = [Migration(1, "payments and the outbox", _create_all)]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PROCESSING = PaymentStatus.PROCESSING.value
-
-
-def to_micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class PaymentsStore:
@@ -89,7 +77,7 @@ class PaymentsStore:
         self,
         db: Database,
         *,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         lease: timedelta = timedelta(seconds=30),
         on_events: Callable[[], None] | None = None,
     ) -> None:

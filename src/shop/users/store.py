@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -11,6 +11,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shop.common.db import Database, Migration
+from shop.common.times import as_utc
 from shop.users.domain import EmailTakenError, User
 
 
@@ -94,12 +95,7 @@ def _to_domain(row: UserRow) -> User:
         email=row.email,
         name=row.name,
         roles=tuple(row.roles),
-        created_at=_utc(row.created_at),
+        created_at=as_utc(row.created_at),
         active=row.active,
         password_hash=row.password_hash,
     )
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
