@@ -103,6 +103,9 @@ class CallInfo:
     #: False once :func:`detach_deadline` ran: outgoing calls keep the request id (and the
     #: trace) but no longer inherit this call's remaining time.
     propagate_deadline: bool = True
+    #: The OpenTelemetry span context of this call's server span, set by ``tracing()``, so that
+    #: interceptors outside it (``recovery()``) can still log the trace and span ids.
+    span_context: Any = None
     msgs_received: int = 0
     msgs_sent: int = 0
     listeners: list[MessageListener] = field(default_factory=list)

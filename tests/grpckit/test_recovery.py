@@ -55,3 +55,21 @@ async def test_status_errors_pass_through_recovery() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await server.ping.Ping(ping_pb2.PingRequest(error_code=5))
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_recovery_log_carries_the_trace_of_the_failed_call() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from grpckit.interceptors import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with capture_logs() as logs:
+        await failing_call(recovery(), tracing(provider))
+    [span] = exporter.get_finished_spans()
+    [record] = [r for r in logs if r["event"] == "rpc.unexpected_error"]
+    assert record["trace_id"] == format(span.context.trace_id, "032x")
+    assert record["span_id"] == format(span.context.span_id, "016x")

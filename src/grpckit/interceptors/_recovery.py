@@ -2,7 +2,8 @@
 
 Emits: INTERNAL "internal error" with ``ErrorInfo(reason="INTERNAL",
 metadata={"error_id": ...})``. ``StatusError``, ``context.abort`` and cancellation pass through.
-Place it first (outermost) so that everything inside is covered.
+Place it first (outermost) so that everything inside is covered. Its log line carries the
+trace and span ids when ``tracing()`` runs inside it.
 """
 
 from __future__ import annotations
@@ -39,9 +40,19 @@ class _Recovery:
                 service=call.service,
                 method=call.method,
                 request_id=call.request_id,
+                **_trace_fields(call),
                 exc_info=exc,
             )
             raise internal(error_id=error_id) from None
+
+
+def _trace_fields(call: CallInfo) -> dict[str, str]:
+    """The trace and span ids of the call's server span (``tracing()`` runs inside recovery,
+    so its span has ended by the time recovery logs)."""
+    ctx = call.span_context
+    if ctx is None or not ctx.is_valid:
+        return {}
+    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
 
 
 def recovery(logger: structlog.stdlib.BoundLogger | None = None) -> Interceptor:

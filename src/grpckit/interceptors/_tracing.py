@@ -106,6 +106,7 @@ class _Tracing:
             await next_(call)
             return
         span, ctx = self._start(call)
+        call.span_context = span.get_span_context()
         token = self._api.attach(ctx)
         if self._events and call.kind is not RpcKind.UNARY and span.is_recording():
             call.listen(_MessageEvents(span))
