@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,7 +55,39 @@ async def add_events(
         for e in events
     ]
     if rows:
-        await session.execute(table.insert(), rows)
+        await session.execute(_statements(table).insert, rows)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    insert: sa.Insert
+    pending: sa.Select[Any]
+    pending_locked: sa.Select[Any]
+    mark: sa.Update
+
+
+_STATEMENTS: dict[sa.Table, _Statements] = {}
+
+
+def _statements(t: sa.Table) -> _Statements:
+    """The outbox statements of one table, built once (building them per call costs CPU)."""
+    found = _STATEMENTS.get(t)
+    if found is None:
+        pending = (
+            sa.select(t.c.seq, t.c.payload)
+            .where(t.c.published_at.is_(None))
+            .order_by(t.c.seq)
+            .limit(sa.bindparam("limit"))
+        )
+        found = _STATEMENTS[t] = _Statements(
+            insert=t.insert(),
+            pending=pending,
+            pending_locked=pending.with_for_update(skip_locked=True),
+            mark=t.update()
+            .where(t.c.seq.in_(sa.bindparam("seqs", expanding=True)))
+            .values(published_at=sa.bindparam("now")),
+        )
+    return found
 
 
 class OutboxRelay:
@@ -103,25 +137,16 @@ class OutboxRelay:
                 return total
 
     async def publish_once(self) -> int:
-        t = self._table
+        sql = _statements(self._table)
         async with self._db.transaction() as session:
-            query = (
-                sa.select(t.c.seq, t.c.payload)
-                .where(t.c.published_at.is_(None))
-                .order_by(t.c.seq)
-                .limit(self._batch_size)
-            )
-            if self._db.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.execute(query)).all()
+            query = sql.pending_locked if self._db.dialect == "postgresql" else sql.pending
+            rows = (await session.execute(query, {"limit": self._batch_size})).all()
             if not rows:
                 return 0
             events = [events_pb2.Event.FromString(row.payload) for row in rows]
             await self._bus.publish(events)
             seqs = [row.seq for row in rows]
-            await session.execute(
-                t.update().where(t.c.seq.in_(seqs)).values(published_at=datetime.now(UTC))
-            )
+            await session.execute(sql.mark, {"seqs": seqs, "now": datetime.now(UTC)})
         self.published += len(rows)
         return len(rows)
 
