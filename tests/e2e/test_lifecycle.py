@@ -139,9 +139,10 @@ async def test_runs_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
 async def test_sigterm_under_load_loses_no_accepted_call(tmp_path: Path) -> None:
     """Steady ProcessOrder load, then SIGTERM: every call the server accepted is answered.
 
-    A call either succeeds or fails UNAVAILABLE at the transport (the server had stopped
-    accepting); after a restart the journal holds no PENDING order, and every PAID order is
-    one the client saw succeed (nothing was done and then dropped unanswered).
+    A call either succeeds, or fails before the server accepted it: UNAVAILABLE (refused while
+    draining, or the port closed) or CANCELLED (grpc-core cancels streams still queued, never
+    handed to the application, when the server stops). After a restart every order is PAID and
+    there are exactly as many as the client saw succeed: nothing accepted was dropped or undone.
     """
     shop = ShopProcess(tmp_path / "data").start()
     outcomes: list[str] = []
@@ -165,7 +166,7 @@ async def test_sigterm_under_load_loses_no_accepted_call(tmp_path: Path) -> None
         shop.signal(signal.SIGTERM)
         await asyncio.wait_for(asyncio.gather(*workers), 60)
     assert await asyncio.to_thread(shop.wait, 30) == 0
-    assert set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
+    assert set(outcomes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, outcomes
     succeeded = outcomes.count("OK")
 
     shop = ShopProcess(tmp_path / "data").start()
@@ -175,7 +176,6 @@ async def test_sigterm_under_load_loses_no_accepted_call(tmp_path: Path) -> None
                 orders_pb2.ListOrdersRequest(user_id=user_id, page_size=100), timeout=5
             )
         statuses = [o.status for o in listed.orders]
-        assert orders_pb2.ORDER_STATUS_PENDING not in statuses
-        assert statuses.count(orders_pb2.ORDER_STATUS_PAID) == succeeded
+        assert statuses == [orders_pb2.ORDER_STATUS_PAID] * succeeded
     finally:
         assert shop.stop() == 0
