@@ -20,6 +20,7 @@ PUBLIC_MODULES = [
     "grpckit.logs",
     "grpckit.metrics",
     "grpckit.middleware",
+    "grpckit.ratelimit",
     "grpckit.server",
     "grpckit.tracing",
     "grpckit.testing",

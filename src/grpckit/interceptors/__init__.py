@@ -8,8 +8,20 @@ handler.
 from grpckit.interceptors._deadlines import deadlines
 from grpckit.interceptors._logging import logging
 from grpckit.interceptors._metrics import metrics
+from grpckit.interceptors._ratelimit import by_metadata, by_method, by_peer_ip, rate_limit
 from grpckit.interceptors._recovery import recovery
 from grpckit.interceptors._tracing import tracing
 from grpckit.interceptors._validation import validation
 
-__all__ = ["deadlines", "logging", "metrics", "recovery", "tracing", "validation"]
+__all__ = [
+    "by_metadata",
+    "by_method",
+    "by_peer_ip",
+    "deadlines",
+    "logging",
+    "metrics",
+    "rate_limit",
+    "recovery",
+    "tracing",
+    "validation",
+]
