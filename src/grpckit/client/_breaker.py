@@ -30,7 +30,7 @@ import asyncio
 import functools
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
+from grpckit.client._call_status import code_now
 from grpckit.errors import STATUS_DETAILS_KEY, StatusError
 
 __all__ = [
@@ -262,7 +263,7 @@ class CircuitBreaker:
         return call
 
     def _done(self, circuit: _Circuit, ticket: _Ticket, call: Any) -> None:
-        code = _code_now(call)
+        code = code_now(call)
         if code is None:  # not readable without awaiting: finish on the loop
             task = asyncio.ensure_future(self._done_later(circuit, ticket, call))
             _pending.add(task)
@@ -307,20 +308,6 @@ class CircuitBreaker:
 def _normalize(method: str | bytes) -> str:
     name = method.decode() if isinstance(method, bytes) else method
     return name if name.startswith("/") else f"/{name}"
-
-
-def _code_now(call: Any) -> grpc.StatusCode | None:
-    """The code of a finished call, read synchronously (from a done callback), or ``None``."""
-    coroutine: Coroutine[Any, Any, grpc.StatusCode] = call.code()
-    try:
-        coroutine.send(None)
-    except StopIteration as stop:
-        code: grpc.StatusCode = stop.value
-        return code
-    except Exception:
-        return grpc.StatusCode.UNKNOWN
-    coroutine.close()
-    return None
 
 
 class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]

@@ -18,12 +18,13 @@ import asyncio
 import contextvars
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from grpckit.call import RpcKind
+from grpckit.client._call_status import code_now
 from grpckit.metrics import (
     DEFAULT_BUCKETS,
     ExemplarFn,
@@ -87,7 +88,7 @@ def _finish(
     code: grpc.StatusCode | None = None,
 ) -> None:
     if code is None:
-        code = _code_now(call)
+        code = code_now(call)
         if code is None:  # not readable without awaiting: finish on the loop
             late = _finish_later(m, started, exemplar_fn, context, unary_response, call)
             task = asyncio.ensure_future(late)
@@ -112,24 +113,6 @@ async def _finish_later(
 ) -> None:
     code = await call.code()
     _finish(m, started, exemplar_fn, context, unary_response, call, code)
-
-
-def _code_now(call: Any) -> grpc.StatusCode | None:
-    """The code of a finished call, read synchronously (from a done callback).
-
-    ``call.code()`` is a coroutine that completes without suspending once the status has
-    arrived; drive it one step. ``None`` if it would suspend (then the caller awaits it).
-    """
-    coroutine: Coroutine[Any, Any, grpc.StatusCode] = call.code()
-    try:
-        coroutine.send(None)
-    except StopIteration as stop:
-        code: grpc.StatusCode = stop.value
-        return code
-    except Exception:
-        return grpc.StatusCode.UNKNOWN
-    coroutine.close()
-    return None
 
 
 def _code_of(exc: BaseException) -> grpc.StatusCode:
