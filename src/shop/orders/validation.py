@@ -9,11 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from grpckit.errors import invalid_argument
 from shop.api.orders.v1 import orders_pb2
 from shop.common import money
-from shop.common.ids import is_id
 from shop.common.paging import Page, PagingError, parse_page
+from shop.common.violations import Violations, check_id, raise_if_any
 from shop.orders.convert import STATUS_FROM_PROTO, from_timestamp
 from shop.orders.domain import (
     MAX_CANCEL_REASON,
@@ -25,17 +24,6 @@ from shop.orders.domain import (
 )
 
 MAX_SEARCH_TEXT = 200
-Violations = list[tuple[str, str]]
-
-
-def _check(violations: Violations, message: str) -> None:
-    if violations:
-        raise invalid_argument(message, violations)
-
-
-def _id(violations: Violations, field: str, value: str) -> None:
-    if not is_id(value):
-        violations.append((field, f"{field} must be a UUID"))
 
 
 def _page(violations: Violations, page_size: int, page_token: str) -> Page:
@@ -63,59 +51,59 @@ def _time(
 def order_id(value: str) -> str:
     """A request's ``order_id``: a UUID."""
     violations: Violations = []
-    _id(violations, "order_id", value)
-    _check(violations, "invalid order id")
+    check_id(violations, "order_id", value)
+    raise_if_any(violations, "invalid order id")
     return value
 
 
 def create_order(request: orders_pb2.CreateOrderRequest) -> tuple[str, list[LineRequest], str]:
     """(user_id, lines, idempotency_key) of a CreateOrder request."""
     violations: Violations = []
-    _id(violations, "user_id", request.user_id)
+    check_id(violations, "user_id", request.user_id)
     if not 1 <= len(request.items) <= MAX_ITEMS:
         violations.append(("items", f"an order has 1 to {MAX_ITEMS} items"))
     for index, item in enumerate(request.items):
-        _id(violations, f"items[{index}].product_id", item.product_id)
+        check_id(violations, f"items[{index}].product_id", item.product_id)
         if not 1 <= item.quantity <= MAX_QUANTITY:
             violations.append((f"items[{index}].quantity", f"quantity must be 1 to {MAX_QUANTITY}"))
     if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
         violations.append(
             ("idempotency_key", f"idempotency_key is at most {MAX_IDEMPOTENCY_KEY} characters")
         )
-    _check(violations, "invalid order")
+    raise_if_any(violations, "invalid order")
     lines = [LineRequest(item.product_id, item.quantity) for item in request.items]
     return request.user_id, lines, request.idempotency_key
 
 
 def mark_order_paid(request: orders_pb2.MarkOrderPaidRequest) -> tuple[str, str]:
     violations: Violations = []
-    _id(violations, "order_id", request.order_id)
-    _id(violations, "payment_id", request.payment_id)
-    _check(violations, "invalid payment of an order")
+    check_id(violations, "order_id", request.order_id)
+    check_id(violations, "payment_id", request.payment_id)
+    raise_if_any(violations, "invalid payment of an order")
     return request.order_id, request.payment_id
 
 
 def cancel_order(request: orders_pb2.CancelOrderRequest) -> tuple[str, str]:
     violations: Violations = []
-    _id(violations, "order_id", request.order_id)
+    check_id(violations, "order_id", request.order_id)
     if not 1 <= len(request.reason) <= MAX_CANCEL_REASON:
         violations.append(("reason", f"reason must be 1 to {MAX_CANCEL_REASON} characters"))
-    _check(violations, "invalid cancellation")
+    raise_if_any(violations, "invalid cancellation")
     return request.order_id, request.reason
 
 
 def list_orders(request: orders_pb2.ListOrdersRequest) -> tuple[str, Page]:
     violations: Violations = []
-    _id(violations, "user_id", request.user_id)
+    check_id(violations, "user_id", request.user_id)
     page = _page(violations, request.page_size, request.page_token)
-    _check(violations, "invalid list request")
+    raise_if_any(violations, "invalid list request")
     return request.user_id, page
 
 
 def search_orders(request: orders_pb2.SearchOrdersRequest) -> tuple[OrderFilter, Page]:
     violations: Violations = []
     if request.user_id:
-        _id(violations, "user_id", request.user_id)
+        check_id(violations, "user_id", request.user_id)
     statuses = set()
     for index, value in enumerate(request.statuses):
         if value in STATUS_FROM_PROTO:
@@ -135,7 +123,7 @@ def search_orders(request: orders_pb2.SearchOrdersRequest) -> tuple[OrderFilter,
     if len(request.text) > MAX_SEARCH_TEXT:
         violations.append(("text", f"text is at most {MAX_SEARCH_TEXT} characters"))
     page = _page(violations, request.page_size, request.page_token)
-    _check(violations, "invalid search")
+    raise_if_any(violations, "invalid search")
     query = OrderFilter(
         request.user_id, frozenset(statuses), after, before, min_total, request.text.strip()
     )

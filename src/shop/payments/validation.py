@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from datetime import date
 
-from grpckit.errors import invalid_argument
 from shop.api.payments.v1 import payments_pb2
 from shop.common import money
-from shop.common.ids import is_id
 from shop.common.money import Money
 from shop.common.paging import Page, PagingError, parse_page
+from shop.common.violations import Violations, check_id, raise_if_any
 from shop.payments.domain import (
     MAX_CARD_DIGITS,
     MAX_IDEMPOTENCY_KEY,
@@ -23,18 +22,7 @@ from shop.payments.domain import (
     luhn_valid,
 )
 
-Violations = list[tuple[str, str]]
 MAX_YEARS_AHEAD = 50
-
-
-def _check(violations: Violations, message: str) -> None:
-    if violations:
-        raise invalid_argument(message, violations)
-
-
-def _id(violations: Violations, field: str, value: str) -> None:
-    if not is_id(value):
-        violations.append((field, f"{field} must be a UUID"))
 
 
 def _amount(violations: Violations, request: payments_pb2.ProcessPaymentRequest) -> Money:
@@ -79,41 +67,41 @@ def process_payment(
 ) -> tuple[str, Money, Card, str]:
     """(order_id, amount, card, idempotency_key) of a ProcessPayment request."""
     violations: Violations = []
-    _id(violations, "order_id", request.order_id)
+    check_id(violations, "order_id", request.order_id)
     amount = _amount(violations, request)
     card = _card(violations, request.method, today)
     if not 1 <= len(request.idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         violations.append(
             ("idempotency_key", f"idempotency_key is 1 to {MAX_IDEMPOTENCY_KEY} characters")
         )
-    _check(violations, "invalid payment")
+    raise_if_any(violations, "invalid payment")
     return request.order_id, amount, card, request.idempotency_key
 
 
 def refund_payment(request: payments_pb2.RefundPaymentRequest) -> tuple[str, str]:
     violations: Violations = []
-    _id(violations, "payment_id", request.payment_id)
+    check_id(violations, "payment_id", request.payment_id)
     if len(request.reason) > MAX_REFUND_REASON:
         violations.append(("reason", f"reason is at most {MAX_REFUND_REASON} characters"))
-    _check(violations, "invalid refund")
+    raise_if_any(violations, "invalid refund")
     return request.payment_id, request.reason
 
 
 def payment_id(value: str) -> str:
     violations: Violations = []
-    _id(violations, "payment_id", value)
-    _check(violations, "invalid payment id")
+    check_id(violations, "payment_id", value)
+    raise_if_any(violations, "invalid payment id")
     return value
 
 
 def list_payments(request: payments_pb2.ListPaymentsRequest) -> tuple[str, Page]:
     violations: Violations = []
     if request.order_id:
-        _id(violations, "order_id", request.order_id)
+        check_id(violations, "order_id", request.order_id)
     page = Page(0, 0)
     try:
         page = parse_page(request.page_size, request.page_token)
     except PagingError as err:
         violations.append((err.field, str(err)))
-    _check(violations, "invalid list request")
+    raise_if_any(violations, "invalid list request")
     return request.order_id, page
