@@ -55,9 +55,9 @@ generate: $(STAMP)
 	$(BIN)/python scripts/generate.py
 
 check-generated: generate
-	@git diff --exit-code --stat -- src/shop/api src/grpckit/testing/api src/buf \
+	@git diff --exit-code --stat -- src/shop/api src/grpckit/api src/grpckit/testing/api src/buf \
 	  || { echo "generated code is stale: run 'make generate' and commit the result"; exit 1; }
-	@test -z "$$(git status --porcelain -- src/shop/api src/grpckit/testing/api src/buf)" \
+	@test -z "$$(git status --porcelain -- src/shop/api src/grpckit/api src/grpckit/testing/api src/buf)" \
 	  || { echo "generated files are not committed: run 'make generate' and commit them"; exit 1; }
 
 check: lint typecheck lint-proto check-generated

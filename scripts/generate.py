@@ -40,7 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 OUT = ROOT / "src"
 BIN = Path(sys.executable).parent
-GENERATED_ROOTS = [OUT / "shop" / "api", OUT / "grpckit" / "testing" / "api", OUT / "buf"]
+GENERATED_ROOTS = [
+    OUT / "shop" / "api",
+    OUT / "grpckit" / "api",
+    OUT / "grpckit" / "testing" / "api",
+    OUT / "buf",
+]
 VALIDATE_PROTO = "buf/validate/validate.proto"
 BUF_PACKAGE_NOTE = '''"""Generated: ``buf.validate.validate_pb2`` for google.protobuf (do not edit).
 

@@ -23,13 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from grpckit.api.auth.v1 import access_pb2 as grpckit_dot_api_dot_auth_dot_v1_dot_access__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 from shop.api.events.v1 import events_pb2 as shop_dot_api_dot_events_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%shop/api/analytics/v1/analytics.proto\x12\x11shop.analytics.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x1fshop/api/events/v1/events.proto\"g\n\x06Metric\x12+\n\x04type\x18\x01 \x01(\x0e\x32\x1d.shop.analytics.v1.MetricType\x12\r\n\x05value\x18\x02 \x01(\x01\x12!\n\x05money\x18\x03 \x01(\x0b\x32\x12.google.type.Money\"\x97\x03\n\x0fMetricsSnapshot\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eorders_created\x18\x03 \x01(\x03\x12\x13\n\x0borders_paid\x18\x04 \x01(\x03\x12\x18\n\x10orders_cancelled\x18\x05 \x01(\x03\x12\x19\n\x11payments_captured\x18\x06 \x01(\x03\x12\x19\n\x11payments_declined\x18\x07 \x01(\x03\x12\x19\n\x11payments_refunded\x18\x08 \x01(\x03\x12#\n\x07revenue\x18\t \x03(\x0b\x32\x12.google.type.Money\x12\x19\n\x11orders_per_second\x18\n \x01(\x01\x12\x14\n\x0c\x64\x65\x63line_rate\x18\x0b \x01(\x01\x12*\n\x07metrics\x18\x0c \x03(\x0b\x32\x19.shop.analytics.v1.Metric\x12\x14\n\x0c\x65vents_total\x18\r \x01(\x03\"\xdf\x01\n\x1cStreamRealTimeMetricsRequest\x12\x44\n\x0cmetric_types\x18\x01 \x03(\x0e\x32\x1d.shop.analytics.v1.MetricTypeB\x0f\xbaH\x0c\x92\x01\t\"\x07\x82\x01\x04\x10\x01 \x00\x12=\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xbaH\x0f\xaa\x01\x0c:\x02\x08\x01:\x02\x08\n:\x02\x08<\x12:\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\r\xbaH\n\xaa\x01\x07\x32\x05\x10\x80\xc2\xd7/\"U\n\x1dStreamRealTimeMetricsResponse\x12\x34\n\x08snapshot\x18\x01 \x01(\x0b\x32\".shop.analytics.v1.MetricsSnapshot\"U\n\x03\x41\x63k\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.shop.analytics.v1.AckStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\"p\n\x05\x41lert\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x19ProcessEventStreamRequest\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.shop.events.v1.Event\"l\n\x1aProcessEventStreamResponse\x12$\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x16.shop.analytics.v1.Ack\x12(\n\x06\x61lerts\x18\x02 \x03(\x0b\x32\x18.shop.analytics.v1.Alert\"<\n\x13IngestEventsRequest\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.shop.events.v1.Event\"N\n\x14IngestEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\"R\n\x11GetMetricsRequest\x12=\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xbaH\x0f\xaa\x01\x0c:\x02\x08\x01:\x02\x08\n:\x02\x08<\"J\n\x12GetMetricsResponse\x12\x34\n\x08snapshot\x18\x01 \x01(\x0b\x32\".shop.analytics.v1.MetricsSnapshot*\xee\x01\n\nMetricType\x12\x1b\n\x17METRIC_TYPE_UNSPECIFIED\x10\x00\x12!\n\x1dMETRIC_TYPE_ORDERS_PER_SECOND\x10\x01\x12\x17\n\x13METRIC_TYPE_REVENUE\x10\x02\x12\x1c\n\x18METRIC_TYPE_DECLINE_RATE\x10\x03\x12#\n\x1fMETRIC_TYPE_AVERAGE_ORDER_VALUE\x10\x04\x12!\n\x1dMETRIC_TYPE_CANCELLATION_RATE\x10\x05\x12!\n\x1dMETRIC_TYPE_EVENTS_PER_SECOND\x10\x06*s\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_STATUS_ACCEPTED\x10\x01\x12\x17\n\x13\x41\x43K_STATUS_REJECTED\x10\x02\x12\x18\n\x14\x41\x43K_STATUS_DUPLICATE\x10\x03\x32\xc5\x03\n\x10\x41nalyticsService\x12|\n\x15StreamRealTimeMetrics\x12/.shop.analytics.v1.StreamRealTimeMetricsRequest\x1a\x30.shop.analytics.v1.StreamRealTimeMetricsResponse0\x01\x12u\n\x12ProcessEventStream\x12,.shop.analytics.v1.ProcessEventStreamRequest\x1a-.shop.analytics.v1.ProcessEventStreamResponse(\x01\x30\x01\x12\x61\n\x0cIngestEvents\x12&.shop.analytics.v1.IngestEventsRequest\x1a\'.shop.analytics.v1.IngestEventsResponse(\x01\x12Y\n\nGetMetrics\x12$.shop.analytics.v1.GetMetricsRequest\x1a%.shop.analytics.v1.GetMetricsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%shop/api/analytics/v1/analytics.proto\x12\x11shop.analytics.v1\x1a\x1b\x62uf/validate/validate.proto\x1a grpckit/api/auth/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x1fshop/api/events/v1/events.proto\"g\n\x06Metric\x12+\n\x04type\x18\x01 \x01(\x0e\x32\x1d.shop.analytics.v1.MetricType\x12\r\n\x05value\x18\x02 \x01(\x01\x12!\n\x05money\x18\x03 \x01(\x0b\x32\x12.google.type.Money\"\x97\x03\n\x0fMetricsSnapshot\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eorders_created\x18\x03 \x01(\x03\x12\x13\n\x0borders_paid\x18\x04 \x01(\x03\x12\x18\n\x10orders_cancelled\x18\x05 \x01(\x03\x12\x19\n\x11payments_captured\x18\x06 \x01(\x03\x12\x19\n\x11payments_declined\x18\x07 \x01(\x03\x12\x19\n\x11payments_refunded\x18\x08 \x01(\x03\x12#\n\x07revenue\x18\t \x03(\x0b\x32\x12.google.type.Money\x12\x19\n\x11orders_per_second\x18\n \x01(\x01\x12\x14\n\x0c\x64\x65\x63line_rate\x18\x0b \x01(\x01\x12*\n\x07metrics\x18\x0c \x03(\x0b\x32\x19.shop.analytics.v1.Metric\x12\x14\n\x0c\x65vents_total\x18\r \x01(\x03\"\xdf\x01\n\x1cStreamRealTimeMetricsRequest\x12\x44\n\x0cmetric_types\x18\x01 \x03(\x0e\x32\x1d.shop.analytics.v1.MetricTypeB\x0f\xbaH\x0c\x92\x01\t\"\x07\x82\x01\x04\x10\x01 \x00\x12=\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xbaH\x0f\xaa\x01\x0c:\x02\x08\x01:\x02\x08\n:\x02\x08<\x12:\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\r\xbaH\n\xaa\x01\x07\x32\x05\x10\x80\xc2\xd7/\"U\n\x1dStreamRealTimeMetricsResponse\x12\x34\n\x08snapshot\x18\x01 \x01(\x0b\x32\".shop.analytics.v1.MetricsSnapshot\"U\n\x03\x41\x63k\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.shop.analytics.v1.AckStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\"p\n\x05\x41lert\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x19ProcessEventStreamRequest\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.shop.events.v1.Event\"l\n\x1aProcessEventStreamResponse\x12$\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x16.shop.analytics.v1.Ack\x12(\n\x06\x61lerts\x18\x02 \x03(\x0b\x32\x18.shop.analytics.v1.Alert\"<\n\x13IngestEventsRequest\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.shop.events.v1.Event\"N\n\x14IngestEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\"R\n\x11GetMetricsRequest\x12=\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xbaH\x0f\xaa\x01\x0c:\x02\x08\x01:\x02\x08\n:\x02\x08<\"J\n\x12GetMetricsResponse\x12\x34\n\x08snapshot\x18\x01 \x01(\x0b\x32\".shop.analytics.v1.MetricsSnapshot*\xee\x01\n\nMetricType\x12\x1b\n\x17METRIC_TYPE_UNSPECIFIED\x10\x00\x12!\n\x1dMETRIC_TYPE_ORDERS_PER_SECOND\x10\x01\x12\x17\n\x13METRIC_TYPE_REVENUE\x10\x02\x12\x1c\n\x18METRIC_TYPE_DECLINE_RATE\x10\x03\x12#\n\x1fMETRIC_TYPE_AVERAGE_ORDER_VALUE\x10\x04\x12!\n\x1dMETRIC_TYPE_CANCELLATION_RATE\x10\x05\x12!\n\x1dMETRIC_TYPE_EVENTS_PER_SECOND\x10\x06*s\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_STATUS_ACCEPTED\x10\x01\x12\x17\n\x13\x41\x43K_STATUS_REJECTED\x10\x02\x12\x18\n\x14\x41\x43K_STATUS_DUPLICATE\x10\x03\x32\xec\x03\n\x10\x41nalyticsService\x12\x87\x01\n\x15StreamRealTimeMetrics\x12/.shop.analytics.v1.StreamRealTimeMetricsRequest\x1a\x30.shop.analytics.v1.StreamRealTimeMetricsResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x10\x01\x30\x01\x12}\n\x12ProcessEventStream\x12,.shop.analytics.v1.ProcessEventStreamRequest\x1a-.shop.analytics.v1.ProcessEventStreamResponse\"\x06\xba\xa2\x19\x02\x10\x01(\x01\x30\x01\x12i\n\x0cIngestEvents\x12&.shop.analytics.v1.IngestEventsRequest\x1a\'.shop.analytics.v1.IngestEventsResponse\"\x06\xba\xa2\x19\x02\x10\x01(\x01\x12\x64\n\nGetMetrics\x12$.shop.analytics.v1.GetMetricsRequest\x1a%.shop.analytics.v1.GetMetricsResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,34 +45,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMREALTIMEMETRICSREQUEST'].fields_by_name['interval']._serialized_options = b'\272H\n\252\001\0072\005\020\200\302\327/'
   _globals['_GETMETRICSREQUEST'].fields_by_name['window']._loaded_options = None
   _globals['_GETMETRICSREQUEST'].fields_by_name['window']._serialized_options = b'\272H\017\252\001\014:\002\010\001:\002\010\n:\002\010<'
-  _globals['_METRICTYPE']._serialized_start=1722
-  _globals['_METRICTYPE']._serialized_end=1960
-  _globals['_ACKSTATUS']._serialized_start=1962
-  _globals['_ACKSTATUS']._serialized_end=2077
-  _globals['_METRIC']._serialized_start=212
-  _globals['_METRIC']._serialized_end=315
-  _globals['_METRICSSNAPSHOT']._serialized_start=318
-  _globals['_METRICSSNAPSHOT']._serialized_end=725
-  _globals['_STREAMREALTIMEMETRICSREQUEST']._serialized_start=728
-  _globals['_STREAMREALTIMEMETRICSREQUEST']._serialized_end=951
-  _globals['_STREAMREALTIMEMETRICSRESPONSE']._serialized_start=953
-  _globals['_STREAMREALTIMEMETRICSRESPONSE']._serialized_end=1038
-  _globals['_ACK']._serialized_start=1040
-  _globals['_ACK']._serialized_end=1125
-  _globals['_ALERT']._serialized_start=1127
-  _globals['_ALERT']._serialized_end=1239
-  _globals['_PROCESSEVENTSTREAMREQUEST']._serialized_start=1241
-  _globals['_PROCESSEVENTSTREAMREQUEST']._serialized_end=1307
-  _globals['_PROCESSEVENTSTREAMRESPONSE']._serialized_start=1309
-  _globals['_PROCESSEVENTSTREAMRESPONSE']._serialized_end=1417
-  _globals['_INGESTEVENTSREQUEST']._serialized_start=1419
-  _globals['_INGESTEVENTSREQUEST']._serialized_end=1479
-  _globals['_INGESTEVENTSRESPONSE']._serialized_start=1481
-  _globals['_INGESTEVENTSRESPONSE']._serialized_end=1559
-  _globals['_GETMETRICSREQUEST']._serialized_start=1561
-  _globals['_GETMETRICSREQUEST']._serialized_end=1643
-  _globals['_GETMETRICSRESPONSE']._serialized_start=1645
-  _globals['_GETMETRICSRESPONSE']._serialized_end=1719
-  _globals['_ANALYTICSSERVICE']._serialized_start=2080
-  _globals['_ANALYTICSSERVICE']._serialized_end=2533
+  _globals['_ANALYTICSSERVICE'].methods_by_name['StreamRealTimeMetrics']._loaded_options = None
+  _globals['_ANALYTICSSERVICE'].methods_by_name['StreamRealTimeMetrics']._serialized_options = b'\220\002\001\272\242\031\002\020\001'
+  _globals['_ANALYTICSSERVICE'].methods_by_name['ProcessEventStream']._loaded_options = None
+  _globals['_ANALYTICSSERVICE'].methods_by_name['ProcessEventStream']._serialized_options = b'\272\242\031\002\020\001'
+  _globals['_ANALYTICSSERVICE'].methods_by_name['IngestEvents']._loaded_options = None
+  _globals['_ANALYTICSSERVICE'].methods_by_name['IngestEvents']._serialized_options = b'\272\242\031\002\020\001'
+  _globals['_ANALYTICSSERVICE'].methods_by_name['GetMetrics']._loaded_options = None
+  _globals['_ANALYTICSSERVICE'].methods_by_name['GetMetrics']._serialized_options = b'\220\002\001\272\242\031\002\020\001'
+  _globals['_METRICTYPE']._serialized_start=1756
+  _globals['_METRICTYPE']._serialized_end=1994
+  _globals['_ACKSTATUS']._serialized_start=1996
+  _globals['_ACKSTATUS']._serialized_end=2111
+  _globals['_METRIC']._serialized_start=246
+  _globals['_METRIC']._serialized_end=349
+  _globals['_METRICSSNAPSHOT']._serialized_start=352
+  _globals['_METRICSSNAPSHOT']._serialized_end=759
+  _globals['_STREAMREALTIMEMETRICSREQUEST']._serialized_start=762
+  _globals['_STREAMREALTIMEMETRICSREQUEST']._serialized_end=985
+  _globals['_STREAMREALTIMEMETRICSRESPONSE']._serialized_start=987
+  _globals['_STREAMREALTIMEMETRICSRESPONSE']._serialized_end=1072
+  _globals['_ACK']._serialized_start=1074
+  _globals['_ACK']._serialized_end=1159
+  _globals['_ALERT']._serialized_start=1161
+  _globals['_ALERT']._serialized_end=1273
+  _globals['_PROCESSEVENTSTREAMREQUEST']._serialized_start=1275
+  _globals['_PROCESSEVENTSTREAMREQUEST']._serialized_end=1341
+  _globals['_PROCESSEVENTSTREAMRESPONSE']._serialized_start=1343
+  _globals['_PROCESSEVENTSTREAMRESPONSE']._serialized_end=1451
+  _globals['_INGESTEVENTSREQUEST']._serialized_start=1453
+  _globals['_INGESTEVENTSREQUEST']._serialized_end=1513
+  _globals['_INGESTEVENTSRESPONSE']._serialized_start=1515
+  _globals['_INGESTEVENTSRESPONSE']._serialized_end=1593
+  _globals['_GETMETRICSREQUEST']._serialized_start=1595
+  _globals['_GETMETRICSREQUEST']._serialized_end=1677
+  _globals['_GETMETRICSRESPONSE']._serialized_start=1679
+  _globals['_GETMETRICSRESPONSE']._serialized_end=1753
+  _globals['_ANALYTICSSERVICE']._serialized_start=2114
+  _globals['_ANALYTICSSERVICE']._serialized_end=2606
 # @@protoc_insertion_point(module_scope)

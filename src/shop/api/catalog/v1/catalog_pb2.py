@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from grpckit.api.auth.v1 import access_pb2 as grpckit_dot_api_dot_auth_dot_v1_dot_access__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 from shop.api.common.v1 import common_pb2 as shop_dot_api_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/api/catalog/v1/catalog.proto\x12\x0fshop.catalog.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x1fshop/api/common/v1/common.proto\"\xd7\x01\n\x07Product\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12!\n\x05price\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12\r\n\x05stock\x18\x06 \x01(\x03\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x03\n\x14\x43reateProductRequest\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xbaH%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\x12\x18\n\x04name\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12\x1d\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x88\'\x12\xa1\x02\n\x05price\x18\x04 \x01(\x0b\x32\x12.google.type.MoneyB\xfd\x01\xbaH\xf9\x01\xba\x01\x9b\x01\n\x13money.currency_code\x12>currency_code must be empty (USD) or an ISO 4217 code like USD\x1a\x44this.currency_code == \'\' || this.currency_code.matches(\'^[A-Z]{3}$\')\xba\x01T\n\x12money.not_negative\x12\x1aprice must not be negative\x1a\"this.units >= 0 && this.nanos >= 0\xc8\x01\x01\x12\x16\n\x05stock\x18\x05 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"B\n\x15\x43reateProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\"1\n\x11GetProductRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"?\n\x12GetProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\"A\n\x17\x42\x61tchGetProductsRequest\x12&\n\x0bproduct_ids\x18\x01 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x08\x01\x10\x64\"\x05r\x03\xb0\x01\x01\"F\n\x18\x42\x61tchGetProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\"H\n\x13ListProductsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"c\n\x15SearchProductsRequest\x12\x17\n\x05query\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x16SearchProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"f\n\x13ReserveStockRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x33\n\x05items\x18\x02 \x03(\x0b\x32\x18.shop.common.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\"\x16\n\x14ReserveStockResponse\"1\n\x13ReleaseStockRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"\x16\n\x14ReleaseStockResponse\"B\n\x15ImportProductsRequest\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\";\n\rImportFailure\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"|\n\x16ImportProductsResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x30\n\x08\x66\x61ilures\x18\x04 \x03(\x0b\x32\x1e.shop.catalog.v1.ImportFailure2\x8f\x06\n\x0e\x43\x61talogService\x12^\n\rCreateProduct\x12%.shop.catalog.v1.CreateProductRequest\x1a&.shop.catalog.v1.CreateProductResponse\x12U\n\nGetProduct\x12\".shop.catalog.v1.GetProductRequest\x1a#.shop.catalog.v1.GetProductResponse\x12g\n\x10\x42\x61tchGetProducts\x12(.shop.catalog.v1.BatchGetProductsRequest\x1a).shop.catalog.v1.BatchGetProductsResponse\x12[\n\x0cListProducts\x12$.shop.catalog.v1.ListProductsRequest\x1a%.shop.catalog.v1.ListProductsResponse\x12\x61\n\x0eSearchProducts\x12&.shop.catalog.v1.SearchProductsRequest\x1a\'.shop.catalog.v1.SearchProductsResponse\x12[\n\x0cReserveStock\x12$.shop.catalog.v1.ReserveStockRequest\x1a%.shop.catalog.v1.ReserveStockResponse\x12[\n\x0cReleaseStock\x12$.shop.catalog.v1.ReleaseStockRequest\x1a%.shop.catalog.v1.ReleaseStockResponse\x12\x63\n\x0eImportProducts\x12&.shop.catalog.v1.ImportProductsRequest\x1a\'.shop.catalog.v1.ImportProductsResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/api/catalog/v1/catalog.proto\x12\x0fshop.catalog.v1\x1a\x1b\x62uf/validate/validate.proto\x1a grpckit/api/auth/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x1fshop/api/common/v1/common.proto\"\xd7\x01\n\x07Product\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12!\n\x05price\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12\r\n\x05stock\x18\x06 \x01(\x03\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x03\n\x14\x43reateProductRequest\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xbaH%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\x12\x18\n\x04name\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12\x1d\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x88\'\x12\xa1\x02\n\x05price\x18\x04 \x01(\x0b\x32\x12.google.type.MoneyB\xfd\x01\xbaH\xf9\x01\xba\x01\x9b\x01\n\x13money.currency_code\x12>currency_code must be empty (USD) or an ISO 4217 code like USD\x1a\x44this.currency_code == \'\' || this.currency_code.matches(\'^[A-Z]{3}$\')\xba\x01T\n\x12money.not_negative\x12\x1aprice must not be negative\x1a\"this.units >= 0 && this.nanos >= 0\xc8\x01\x01\x12\x16\n\x05stock\x18\x05 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"B\n\x15\x43reateProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\"1\n\x11GetProductRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"?\n\x12GetProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\"A\n\x17\x42\x61tchGetProductsRequest\x12&\n\x0bproduct_ids\x18\x01 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x08\x01\x10\x64\"\x05r\x03\xb0\x01\x01\"F\n\x18\x42\x61tchGetProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\"H\n\x13ListProductsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"c\n\x15SearchProductsRequest\x12\x17\n\x05query\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x16SearchProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"f\n\x13ReserveStockRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x33\n\x05items\x18\x02 \x03(\x0b\x32\x18.shop.common.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\"\x16\n\x14ReserveStockResponse\"1\n\x13ReleaseStockRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"\x16\n\x14ReleaseStockResponse\"B\n\x15ImportProductsRequest\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.catalog.v1.Product\";\n\rImportFailure\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"|\n\x16ImportProductsResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x30\n\x08\x66\x61ilures\x18\x04 \x03(\x0b\x32\x1e.shop.catalog.v1.ImportFailure2\xf3\x06\n\x0e\x43\x61talogService\x12k\n\rCreateProduct\x12%.shop.catalog.v1.CreateProductRequest\x1a&.shop.catalog.v1.CreateProductResponse\"\x0b\xba\xa2\x19\x07\x1a\x05\x61\x64min\x12`\n\nGetProduct\x12\".shop.catalog.v1.GetProductRequest\x1a#.shop.catalog.v1.GetProductResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x08\x01\x12r\n\x10\x42\x61tchGetProducts\x12(.shop.catalog.v1.BatchGetProductsRequest\x1a).shop.catalog.v1.BatchGetProductsResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x08\x01\x12\x66\n\x0cListProducts\x12$.shop.catalog.v1.ListProductsRequest\x1a%.shop.catalog.v1.ListProductsResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x08\x01\x12l\n\x0eSearchProducts\x12&.shop.catalog.v1.SearchProductsRequest\x1a\'.shop.catalog.v1.SearchProductsResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x08\x01\x12j\n\x0cReserveStock\x12$.shop.catalog.v1.ReserveStockRequest\x1a%.shop.catalog.v1.ReserveStockResponse\"\r\xba\xa2\x19\t\x1a\x07service\x12j\n\x0cReleaseStock\x12$.shop.catalog.v1.ReleaseStockRequest\x1a%.shop.catalog.v1.ReleaseStockResponse\"\r\xba\xa2\x19\t\x1a\x07service\x12p\n\x0eImportProducts\x12&.shop.catalog.v1.ImportProductsRequest\x1a\'.shop.catalog.v1.ImportProductsResponse\"\x0b\xba\xa2\x19\x07\x1a\x05\x61\x64min(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,42 +62,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVESTOCKREQUEST'].fields_by_name['items']._serialized_options = b'\272H\007\222\001\004\010\001\020d'
   _globals['_RELEASESTOCKREQUEST'].fields_by_name['order_id']._loaded_options = None
   _globals['_RELEASESTOCKREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\005r\003\260\001\001'
-  _globals['_PRODUCT']._serialized_start=175
-  _globals['_PRODUCT']._serialized_end=390
-  _globals['_CREATEPRODUCTREQUEST']._serialized_start=393
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=843
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=845
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=911
-  _globals['_GETPRODUCTREQUEST']._serialized_start=913
-  _globals['_GETPRODUCTREQUEST']._serialized_end=962
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=964
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=1027
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=1029
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=1094
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=1096
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=1166
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=1168
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=1240
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1242
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1333
-  _globals['_SEARCHPRODUCTSREQUEST']._serialized_start=1335
-  _globals['_SEARCHPRODUCTSREQUEST']._serialized_end=1434
-  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_start=1436
-  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_end=1529
-  _globals['_RESERVESTOCKREQUEST']._serialized_start=1531
-  _globals['_RESERVESTOCKREQUEST']._serialized_end=1633
-  _globals['_RESERVESTOCKRESPONSE']._serialized_start=1635
-  _globals['_RESERVESTOCKRESPONSE']._serialized_end=1657
-  _globals['_RELEASESTOCKREQUEST']._serialized_start=1659
-  _globals['_RELEASESTOCKREQUEST']._serialized_end=1708
-  _globals['_RELEASESTOCKRESPONSE']._serialized_start=1710
-  _globals['_RELEASESTOCKRESPONSE']._serialized_end=1732
-  _globals['_IMPORTPRODUCTSREQUEST']._serialized_start=1734
-  _globals['_IMPORTPRODUCTSREQUEST']._serialized_end=1800
-  _globals['_IMPORTFAILURE']._serialized_start=1802
-  _globals['_IMPORTFAILURE']._serialized_end=1861
-  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_start=1863
-  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_end=1987
-  _globals['_CATALOGSERVICE']._serialized_start=1990
-  _globals['_CATALOGSERVICE']._serialized_end=2773
+  _globals['_CATALOGSERVICE'].methods_by_name['CreateProduct']._loaded_options = None
+  _globals['_CATALOGSERVICE'].methods_by_name['CreateProduct']._serialized_options = b'\272\242\031\007\032\005admin'
+  _globals['_CATALOGSERVICE'].methods_by_name['GetProduct']._loaded_options = None
+  _globals['_CATALOGSERVICE'].methods_by_name['GetProduct']._serialized_options = b'\220\002\001\272\242\031\002\010\001'
+  _globals['_CATALOGSERVICE'].methods_by_name['BatchGetProducts']._loaded_options = None
+  _globals['_CATALOGSERVICE'].methods_by_name['BatchGetProducts']._serialized_options = b'\220\002\001\272\242\031\002\010\001'
+  _globals['_CATALOGSERVICE'].methods_by_name['ListProducts']._loaded_options = None
+  _globals['_CATALOGSERVICE'].methods_by_name['ListProducts']._serialized_options = b'\220\002\001\272\242\031\002\010\001'
+  _globals['_CATALOGSERVICE'].methods_by_name['SearchProducts']._loaded_options = None
+  _globals['_CATALOGSERVICE'].methods_by_name['SearchProducts']._serialized_options = b'\220\002\001\272\242\031\002\010\001'
+  _globals['_CATALOGSERVICE'].methods_by_name['ReserveStock']._loaded_options = None
+  _globals['_CATALOGSERVICE'].methods_by_name['ReserveStock']._serialized_options = b'\272\242\031\t\032\007service'
+  _globals['_CATALOGSERVICE'].methods_by_name['ReleaseStock']._loaded_options = None
+  _globals['_CATALOGSERVICE'].methods_by_name['ReleaseStock']._serialized_options = b'\272\242\031\t\032\007service'
+  _globals['_CATALOGSERVICE'].methods_by_name['ImportProducts']._loaded_options = None
+  _globals['_CATALOGSERVICE'].methods_by_name['ImportProducts']._serialized_options = b'\272\242\031\007\032\005admin'
+  _globals['_PRODUCT']._serialized_start=209
+  _globals['_PRODUCT']._serialized_end=424
+  _globals['_CREATEPRODUCTREQUEST']._serialized_start=427
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=877
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=879
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=945
+  _globals['_GETPRODUCTREQUEST']._serialized_start=947
+  _globals['_GETPRODUCTREQUEST']._serialized_end=996
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=998
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=1061
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=1063
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=1128
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=1130
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=1200
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=1202
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=1274
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1276
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1367
+  _globals['_SEARCHPRODUCTSREQUEST']._serialized_start=1369
+  _globals['_SEARCHPRODUCTSREQUEST']._serialized_end=1468
+  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_start=1470
+  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_end=1563
+  _globals['_RESERVESTOCKREQUEST']._serialized_start=1565
+  _globals['_RESERVESTOCKREQUEST']._serialized_end=1667
+  _globals['_RESERVESTOCKRESPONSE']._serialized_start=1669
+  _globals['_RESERVESTOCKRESPONSE']._serialized_end=1691
+  _globals['_RELEASESTOCKREQUEST']._serialized_start=1693
+  _globals['_RELEASESTOCKREQUEST']._serialized_end=1742
+  _globals['_RELEASESTOCKRESPONSE']._serialized_start=1744
+  _globals['_RELEASESTOCKRESPONSE']._serialized_end=1766
+  _globals['_IMPORTPRODUCTSREQUEST']._serialized_start=1768
+  _globals['_IMPORTPRODUCTSREQUEST']._serialized_end=1834
+  _globals['_IMPORTFAILURE']._serialized_start=1836
+  _globals['_IMPORTFAILURE']._serialized_end=1895
+  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_start=1897
+  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_end=2021
+  _globals['_CATALOGSERVICE']._serialized_start=2024
+  _globals['_CATALOGSERVICE']._serialized_end=2907
 # @@protoc_insertion_point(module_scope)

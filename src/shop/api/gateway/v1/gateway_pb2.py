@@ -23,13 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from grpckit.api.auth.v1 import access_pb2 as grpckit_dot_api_dot_auth_dot_v1_dot_access__pb2
 from shop.api.common.v1 import common_pb2 as shop_dot_api_dot_common_dot_v1_dot_common__pb2
 from shop.api.orders.v1 import orders_pb2 as shop_dot_api_dot_orders_dot_v1_dot_orders__pb2
 from shop.api.payments.v1 import payments_pb2 as shop_dot_api_dot_payments_dot_v1_dot_payments__pb2
 from shop.api.users.v1 import users_pb2 as shop_dot_api_dot_users_dot_v1_dot_users__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/api/gateway/v1/gateway.proto\x12\x0fshop.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fshop/api/common/v1/common.proto\x1a\x1fshop/api/orders/v1/orders.proto\x1a#shop/api/payments/v1/payments.proto\x1a\x1dshop/api/users/v1/users.proto\"\xc9\x01\n\x13ProcessOrderRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x33\n\x05items\x18\x02 \x03(\x0b\x32\x18.shop.common.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12?\n\x0epayment_method\x18\x03 \x01(\x0b\x32\x1f.shop.payments.v1.PaymentMethodB\x06\xbaH\x03\xc8\x01\x01\x12!\n\x0fidempotency_key\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\"h\n\x14ProcessOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\x12*\n\x07payment\x18\x02 \x01(\x0b\x32\x19.shop.payments.v1.Payment\"4\n\x16GetOrderDetailsRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"\x8e\x01\n\x17GetOrderDetailsResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\x12*\n\x07payment\x18\x02 \x01(\x0b\x32\x19.shop.payments.v1.Payment\x12!\n\x04user\x18\x03 \x01(\x0b\x32\x13.shop.users.v1.User2\xd3\x01\n\x0eGatewayService\x12[\n\x0cProcessOrder\x12$.shop.gateway.v1.ProcessOrderRequest\x1a%.shop.gateway.v1.ProcessOrderResponse\x12\x64\n\x0fGetOrderDetails\x12\'.shop.gateway.v1.GetOrderDetailsRequest\x1a(.shop.gateway.v1.GetOrderDetailsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/api/gateway/v1/gateway.proto\x12\x0fshop.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a grpckit/api/auth/v1/access.proto\x1a\x1fshop/api/common/v1/common.proto\x1a\x1fshop/api/orders/v1/orders.proto\x1a#shop/api/payments/v1/payments.proto\x1a\x1dshop/api/users/v1/users.proto\"\xc9\x01\n\x13ProcessOrderRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x33\n\x05items\x18\x02 \x03(\x0b\x32\x18.shop.common.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12?\n\x0epayment_method\x18\x03 \x01(\x0b\x32\x1f.shop.payments.v1.PaymentMethodB\x06\xbaH\x03\xc8\x01\x01\x12!\n\x0fidempotency_key\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\"h\n\x14ProcessOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\x12*\n\x07payment\x18\x02 \x01(\x0b\x32\x19.shop.payments.v1.Payment\"4\n\x16GetOrderDetailsRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"\x8e\x01\n\x17GetOrderDetailsResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\x12*\n\x07payment\x18\x02 \x01(\x0b\x32\x19.shop.payments.v1.Payment\x12!\n\x04user\x18\x03 \x01(\x0b\x32\x13.shop.users.v1.User2\xef\x01\n\x0eGatewayService\x12l\n\x0cProcessOrder\x12$.shop.gateway.v1.ProcessOrderRequest\x1a%.shop.gateway.v1.ProcessOrderResponse\"\x0f\xba\xa2\x19\x0b\x10\x01\"\x07user_id\x12o\n\x0fGetOrderDetails\x12\'.shop.gateway.v1.GetOrderDetailsRequest\x1a(.shop.gateway.v1.GetOrderDetailsResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,14 +47,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROCESSORDERREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\272H\005r\003\030\310\001'
   _globals['_GETORDERDETAILSREQUEST'].fields_by_name['order_id']._loaded_options = None
   _globals['_GETORDERDETAILSREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\005r\003\260\001\001'
-  _globals['_PROCESSORDERREQUEST']._serialized_start=218
-  _globals['_PROCESSORDERREQUEST']._serialized_end=419
-  _globals['_PROCESSORDERRESPONSE']._serialized_start=421
-  _globals['_PROCESSORDERRESPONSE']._serialized_end=525
-  _globals['_GETORDERDETAILSREQUEST']._serialized_start=527
-  _globals['_GETORDERDETAILSREQUEST']._serialized_end=579
-  _globals['_GETORDERDETAILSRESPONSE']._serialized_start=582
-  _globals['_GETORDERDETAILSRESPONSE']._serialized_end=724
-  _globals['_GATEWAYSERVICE']._serialized_start=727
-  _globals['_GATEWAYSERVICE']._serialized_end=938
+  _globals['_GATEWAYSERVICE'].methods_by_name['ProcessOrder']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ProcessOrder']._serialized_options = b'\272\242\031\013\020\001\"\007user_id'
+  _globals['_GATEWAYSERVICE'].methods_by_name['GetOrderDetails']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['GetOrderDetails']._serialized_options = b'\220\002\001\272\242\031\002\020\001'
+  _globals['_PROCESSORDERREQUEST']._serialized_start=252
+  _globals['_PROCESSORDERREQUEST']._serialized_end=453
+  _globals['_PROCESSORDERRESPONSE']._serialized_start=455
+  _globals['_PROCESSORDERRESPONSE']._serialized_end=559
+  _globals['_GETORDERDETAILSREQUEST']._serialized_start=561
+  _globals['_GETORDERDETAILSREQUEST']._serialized_end=613
+  _globals['_GETORDERDETAILSRESPONSE']._serialized_start=616
+  _globals['_GETORDERDETAILSRESPONSE']._serialized_end=758
+  _globals['_GATEWAYSERVICE']._serialized_start=761
+  _globals['_GATEWAYSERVICE']._serialized_end=1000
 # @@protoc_insertion_point(module_scope)

@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from grpckit.api.auth.v1 import access_pb2 as grpckit_dot_api_dot_auth_dot_v1_dot_access__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 from shop.api.common.v1 import common_pb2 as shop_dot_api_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshop/api/orders/v1/orders.proto\x12\x0eshop.orders.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x1fshop/api/common/v1/common.proto\"Y\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12&\n\nunit_price\x18\x03 \x01(\x0b\x32\x12.google.type.Money\"\xa9\x02\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.shop.orders.v1.OrderItem\x12!\n\x05total\x18\x04 \x01(\x0b\x32\x12.google.type.Money\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.shop.orders.v1.OrderStatus\x12\x15\n\rcancel_reason\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\t \x01(\t\"\x87\x01\n\x12\x43reateOrderRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x33\n\x05items\x18\x02 \x03(\x0b\x32\x18.shop.common.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12!\n\x0fidempotency_key\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\";\n\x13\x43reateOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\"-\n\x0fGetOrderRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"8\n\x10GetOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\"P\n\x14MarkOrderPaidRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1c\n\npayment_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"=\n\x15MarkOrderPaidResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\"L\n\x12\x43\x61ncelOrderRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x06reason\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xf4\x03\";\n\x13\x43\x61ncelOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\"a\n\x11ListOrdersRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12ListOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf3\x03\n\x13SearchOrdersRequest\x12\x1c\n\x07user_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12>\n\x08statuses\x18\x02 \x03(\x0e\x32\x1b.shop.orders.v1.OrderStatusB\x0f\xbaH\x0c\x92\x01\t\"\x07\x82\x01\x04\x10\x01 \x00\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\xcb\x01\n\tmin_total\x18\x05 \x01(\x0b\x32\x12.google.type.MoneyB\xa3\x01\xbaH\x9f\x01\xba\x01\x9b\x01\n\x13money.currency_code\x12>currency_code must be empty (USD) or an ISO 4217 code like USD\x1a\x44this.currency_code == \'\' || this.currency_code.matches(\'^[A-Z]{3}$\')\x12\x16\n\x04text\x18\x06 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1d\n\tpage_size\x18\x07 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x08 \x01(\t\"k\n\x14SearchOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x05\"/\n\x11WatchOrderRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\":\n\x12WatchOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order*x\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x15\n\x11ORDER_STATUS_PAID\x10\x02\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x03\x32\xf2\x04\n\x0cOrderService\x12V\n\x0b\x43reateOrder\x12\".shop.orders.v1.CreateOrderRequest\x1a#.shop.orders.v1.CreateOrderResponse\x12M\n\x08GetOrder\x12\x1f.shop.orders.v1.GetOrderRequest\x1a .shop.orders.v1.GetOrderResponse\x12\\\n\rMarkOrderPaid\x12$.shop.orders.v1.MarkOrderPaidRequest\x1a%.shop.orders.v1.MarkOrderPaidResponse\x12V\n\x0b\x43\x61ncelOrder\x12\".shop.orders.v1.CancelOrderRequest\x1a#.shop.orders.v1.CancelOrderResponse\x12S\n\nListOrders\x12!.shop.orders.v1.ListOrdersRequest\x1a\".shop.orders.v1.ListOrdersResponse\x12Y\n\x0cSearchOrders\x12#.shop.orders.v1.SearchOrdersRequest\x1a$.shop.orders.v1.SearchOrdersResponse\x12U\n\nWatchOrder\x12!.shop.orders.v1.WatchOrderRequest\x1a\".shop.orders.v1.WatchOrderResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshop/api/orders/v1/orders.proto\x12\x0eshop.orders.v1\x1a\x1b\x62uf/validate/validate.proto\x1a grpckit/api/auth/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x1fshop/api/common/v1/common.proto\"Y\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12&\n\nunit_price\x18\x03 \x01(\x0b\x32\x12.google.type.Money\"\xa9\x02\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.shop.orders.v1.OrderItem\x12!\n\x05total\x18\x04 \x01(\x0b\x32\x12.google.type.Money\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.shop.orders.v1.OrderStatus\x12\x15\n\rcancel_reason\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\t \x01(\t\"\x87\x01\n\x12\x43reateOrderRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x33\n\x05items\x18\x02 \x03(\x0b\x32\x18.shop.common.v1.LineItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12!\n\x0fidempotency_key\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\";\n\x13\x43reateOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\"-\n\x0fGetOrderRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"8\n\x10GetOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\"P\n\x14MarkOrderPaidRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1c\n\npayment_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"=\n\x15MarkOrderPaidResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\"L\n\x12\x43\x61ncelOrderRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x06reason\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xf4\x03\";\n\x13\x43\x61ncelOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order\"a\n\x11ListOrdersRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12ListOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf3\x03\n\x13SearchOrdersRequest\x12\x1c\n\x07user_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12>\n\x08statuses\x18\x02 \x03(\x0e\x32\x1b.shop.orders.v1.OrderStatusB\x0f\xbaH\x0c\x92\x01\t\"\x07\x82\x01\x04\x10\x01 \x00\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\xcb\x01\n\tmin_total\x18\x05 \x01(\x0b\x32\x12.google.type.MoneyB\xa3\x01\xbaH\x9f\x01\xba\x01\x9b\x01\n\x13money.currency_code\x12>currency_code must be empty (USD) or an ISO 4217 code like USD\x1a\x44this.currency_code == \'\' || this.currency_code.matches(\'^[A-Z]{3}$\')\x12\x16\n\x04text\x18\x06 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1d\n\tpage_size\x18\x07 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x08 \x01(\t\"k\n\x14SearchOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x05\"/\n\x11WatchOrderRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\":\n\x12WatchOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.shop.orders.v1.Order*x\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x15\n\x11ORDER_STATUS_PAID\x10\x02\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x03\x32\xdd\x05\n\x0cOrderService\x12\x65\n\x0b\x43reateOrder\x12\".shop.orders.v1.CreateOrderRequest\x1a#.shop.orders.v1.CreateOrderResponse\"\r\xba\xa2\x19\t\x1a\x07service\x12X\n\x08GetOrder\x12\x1f.shop.orders.v1.GetOrderRequest\x1a .shop.orders.v1.GetOrderResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x10\x01\x12k\n\rMarkOrderPaid\x12$.shop.orders.v1.MarkOrderPaidRequest\x1a%.shop.orders.v1.MarkOrderPaidResponse\"\r\xba\xa2\x19\t\x1a\x07service\x12\x65\n\x0b\x43\x61ncelOrder\x12\".shop.orders.v1.CancelOrderRequest\x1a#.shop.orders.v1.CancelOrderResponse\"\r\xba\xa2\x19\t\x1a\x07service\x12g\n\nListOrders\x12!.shop.orders.v1.ListOrdersRequest\x1a\".shop.orders.v1.ListOrdersResponse\"\x12\x90\x02\x01\xba\xa2\x19\x0b\x10\x01\"\x07user_id\x12m\n\x0cSearchOrders\x12#.shop.orders.v1.SearchOrdersRequest\x1a$.shop.orders.v1.SearchOrdersResponse\"\x12\x90\x02\x01\xba\xa2\x19\x0b\x10\x01\"\x07user_id\x12`\n\nWatchOrder\x12!.shop.orders.v1.WatchOrderRequest\x1a\".shop.orders.v1.WatchOrderResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x10\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -67,40 +68,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHORDERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
   _globals['_WATCHORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
   _globals['_WATCHORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\005r\003\260\001\001'
-  _globals['_ORDERSTATUS']._serialized_start=2055
-  _globals['_ORDERSTATUS']._serialized_end=2175
-  _globals['_ORDERITEM']._serialized_start=171
-  _globals['_ORDERITEM']._serialized_end=260
-  _globals['_ORDER']._serialized_start=263
-  _globals['_ORDER']._serialized_end=560
-  _globals['_CREATEORDERREQUEST']._serialized_start=563
-  _globals['_CREATEORDERREQUEST']._serialized_end=698
-  _globals['_CREATEORDERRESPONSE']._serialized_start=700
-  _globals['_CREATEORDERRESPONSE']._serialized_end=759
-  _globals['_GETORDERREQUEST']._serialized_start=761
-  _globals['_GETORDERREQUEST']._serialized_end=806
-  _globals['_GETORDERRESPONSE']._serialized_start=808
-  _globals['_GETORDERRESPONSE']._serialized_end=864
-  _globals['_MARKORDERPAIDREQUEST']._serialized_start=866
-  _globals['_MARKORDERPAIDREQUEST']._serialized_end=946
-  _globals['_MARKORDERPAIDRESPONSE']._serialized_start=948
-  _globals['_MARKORDERPAIDRESPONSE']._serialized_end=1009
-  _globals['_CANCELORDERREQUEST']._serialized_start=1011
-  _globals['_CANCELORDERREQUEST']._serialized_end=1087
-  _globals['_CANCELORDERRESPONSE']._serialized_start=1089
-  _globals['_CANCELORDERRESPONSE']._serialized_end=1148
-  _globals['_LISTORDERSREQUEST']._serialized_start=1150
-  _globals['_LISTORDERSREQUEST']._serialized_end=1247
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1249
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1333
-  _globals['_SEARCHORDERSREQUEST']._serialized_start=1336
-  _globals['_SEARCHORDERSREQUEST']._serialized_end=1835
-  _globals['_SEARCHORDERSRESPONSE']._serialized_start=1837
-  _globals['_SEARCHORDERSRESPONSE']._serialized_end=1944
-  _globals['_WATCHORDERREQUEST']._serialized_start=1946
-  _globals['_WATCHORDERREQUEST']._serialized_end=1993
-  _globals['_WATCHORDERRESPONSE']._serialized_start=1995
-  _globals['_WATCHORDERRESPONSE']._serialized_end=2053
-  _globals['_ORDERSERVICE']._serialized_start=2178
-  _globals['_ORDERSERVICE']._serialized_end=2804
+  _globals['_ORDERSERVICE'].methods_by_name['CreateOrder']._loaded_options = None
+  _globals['_ORDERSERVICE'].methods_by_name['CreateOrder']._serialized_options = b'\272\242\031\t\032\007service'
+  _globals['_ORDERSERVICE'].methods_by_name['GetOrder']._loaded_options = None
+  _globals['_ORDERSERVICE'].methods_by_name['GetOrder']._serialized_options = b'\220\002\001\272\242\031\002\020\001'
+  _globals['_ORDERSERVICE'].methods_by_name['MarkOrderPaid']._loaded_options = None
+  _globals['_ORDERSERVICE'].methods_by_name['MarkOrderPaid']._serialized_options = b'\272\242\031\t\032\007service'
+  _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._loaded_options = None
+  _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\272\242\031\t\032\007service'
+  _globals['_ORDERSERVICE'].methods_by_name['ListOrders']._loaded_options = None
+  _globals['_ORDERSERVICE'].methods_by_name['ListOrders']._serialized_options = b'\220\002\001\272\242\031\013\020\001\"\007user_id'
+  _globals['_ORDERSERVICE'].methods_by_name['SearchOrders']._loaded_options = None
+  _globals['_ORDERSERVICE'].methods_by_name['SearchOrders']._serialized_options = b'\220\002\001\272\242\031\013\020\001\"\007user_id'
+  _globals['_ORDERSERVICE'].methods_by_name['WatchOrder']._loaded_options = None
+  _globals['_ORDERSERVICE'].methods_by_name['WatchOrder']._serialized_options = b'\220\002\001\272\242\031\002\020\001'
+  _globals['_ORDERSTATUS']._serialized_start=2089
+  _globals['_ORDERSTATUS']._serialized_end=2209
+  _globals['_ORDERITEM']._serialized_start=205
+  _globals['_ORDERITEM']._serialized_end=294
+  _globals['_ORDER']._serialized_start=297
+  _globals['_ORDER']._serialized_end=594
+  _globals['_CREATEORDERREQUEST']._serialized_start=597
+  _globals['_CREATEORDERREQUEST']._serialized_end=732
+  _globals['_CREATEORDERRESPONSE']._serialized_start=734
+  _globals['_CREATEORDERRESPONSE']._serialized_end=793
+  _globals['_GETORDERREQUEST']._serialized_start=795
+  _globals['_GETORDERREQUEST']._serialized_end=840
+  _globals['_GETORDERRESPONSE']._serialized_start=842
+  _globals['_GETORDERRESPONSE']._serialized_end=898
+  _globals['_MARKORDERPAIDREQUEST']._serialized_start=900
+  _globals['_MARKORDERPAIDREQUEST']._serialized_end=980
+  _globals['_MARKORDERPAIDRESPONSE']._serialized_start=982
+  _globals['_MARKORDERPAIDRESPONSE']._serialized_end=1043
+  _globals['_CANCELORDERREQUEST']._serialized_start=1045
+  _globals['_CANCELORDERREQUEST']._serialized_end=1121
+  _globals['_CANCELORDERRESPONSE']._serialized_start=1123
+  _globals['_CANCELORDERRESPONSE']._serialized_end=1182
+  _globals['_LISTORDERSREQUEST']._serialized_start=1184
+  _globals['_LISTORDERSREQUEST']._serialized_end=1281
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1283
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1367
+  _globals['_SEARCHORDERSREQUEST']._serialized_start=1370
+  _globals['_SEARCHORDERSREQUEST']._serialized_end=1869
+  _globals['_SEARCHORDERSRESPONSE']._serialized_start=1871
+  _globals['_SEARCHORDERSRESPONSE']._serialized_end=1978
+  _globals['_WATCHORDERREQUEST']._serialized_start=1980
+  _globals['_WATCHORDERREQUEST']._serialized_end=2027
+  _globals['_WATCHORDERRESPONSE']._serialized_start=2029
+  _globals['_WATCHORDERRESPONSE']._serialized_end=2087
+  _globals['_ORDERSERVICE']._serialized_start=2212
+  _globals['_ORDERSERVICE']._serialized_end=2945
 # @@protoc_insertion_point(module_scope)

@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from grpckit.api.auth.v1 import access_pb2 as grpckit_dot_api_dot_auth_dot_v1_dot_access__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#shop/api/payments/v1/payments.proto\x12\x10shop.payments.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\x8d\x01\n\rPaymentMethod\x12*\n\x0b\x63\x61rd_number\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x32\x0e^[0-9]{12,19}$\x12\x1c\n\texp_month\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x0c(\x01\x12\x10\n\x08\x65xp_year\x18\x03 \x01(\x05\x12 \n\x03\x63vc\x18\x04 \x01(\tB\x13\xbaH\x10r\x0e\x32\x0c^[0-9]{3,4}$\"\x9d\x02\n\x07Payment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.shop.payments.v1.PaymentStatus\x12\x12\n\ncard_last4\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65\x63line_code\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefund_reason\x18\t \x01(\t\"\xd7\x03\n\x15ProcessPaymentRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\xc3\x02\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x12.google.type.MoneyB\x9e\x02\xbaH\x9a\x02\xba\x01\x9b\x01\n\x13money.currency_code\x12>currency_code must be empty (USD) or an ISO 4217 code like USD\x1a\x44this.currency_code == \'\' || this.currency_code.matches(\'^[A-Z]{3}$\')\xba\x01u\n\x0emoney.positive\x12\x17\x61mount must be positive\x1aJ(this.units > 0 && this.nanos >= 0) || (this.units == 0 && this.nanos > 0)\xc8\x01\x01\x12\x37\n\x06method\x18\x03 \x01(\x0b\x32\x1f.shop.payments.v1.PaymentMethodB\x06\xbaH\x03\xc8\x01\x01\x12#\n\x0fidempotency_key\x18\x04 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\"D\n\x16ProcessPaymentResponse\x12*\n\x07payment\x18\x01 \x01(\x0b\x32\x19.shop.payments.v1.Payment\"N\n\x14RefundPaymentRequest\x12\x1c\n\npayment_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x18\n\x06reason\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xf4\x03\"C\n\x15RefundPaymentResponse\x12*\n\x07payment\x18\x01 \x01(\x0b\x32\x19.shop.payments.v1.Payment\"1\n\x11GetPaymentRequest\x12\x1c\n\npayment_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"@\n\x12GetPaymentResponse\x12*\n\x07payment\x18\x01 \x01(\x0b\x32\x19.shop.payments.v1.Payment\"g\n\x13ListPaymentsRequest\x12\x1d\n\x08order_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x14ListPaymentsResponse\x12+\n\x08payments\x18\x01 \x03(\x0b\x32\x19.shop.payments.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa5\x01\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17PAYMENT_STATUS_CAPTURED\x10\x01\x12\x1b\n\x17PAYMENT_STATUS_DECLINED\x10\x02\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x03\x12\x1d\n\x19PAYMENT_STATUS_PROCESSING\x10\x04\x32\x8f\x03\n\x0ePaymentService\x12\x63\n\x0eProcessPayment\x12\'.shop.payments.v1.ProcessPaymentRequest\x1a(.shop.payments.v1.ProcessPaymentResponse\x12`\n\rRefundPayment\x12&.shop.payments.v1.RefundPaymentRequest\x1a\'.shop.payments.v1.RefundPaymentResponse\x12W\n\nGetPayment\x12#.shop.payments.v1.GetPaymentRequest\x1a$.shop.payments.v1.GetPaymentResponse\x12]\n\x0cListPayments\x12%.shop.payments.v1.ListPaymentsRequest\x1a&.shop.payments.v1.ListPaymentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#shop/api/payments/v1/payments.proto\x12\x10shop.payments.v1\x1a\x1b\x62uf/validate/validate.proto\x1a grpckit/api/auth/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\x8d\x01\n\rPaymentMethod\x12*\n\x0b\x63\x61rd_number\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x32\x0e^[0-9]{12,19}$\x12\x1c\n\texp_month\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x0c(\x01\x12\x10\n\x08\x65xp_year\x18\x03 \x01(\x05\x12 \n\x03\x63vc\x18\x04 \x01(\tB\x13\xbaH\x10r\x0e\x32\x0c^[0-9]{3,4}$\"\xae\x02\n\x07Payment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.shop.payments.v1.PaymentStatus\x12\x12\n\ncard_last4\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65\x63line_code\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefund_reason\x18\t \x01(\t\x12\x0f\n\x07user_id\x18\n \x01(\t\"\xf5\x03\n\x15ProcessPaymentRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\xc3\x02\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x12.google.type.MoneyB\x9e\x02\xbaH\x9a\x02\xba\x01\x9b\x01\n\x13money.currency_code\x12>currency_code must be empty (USD) or an ISO 4217 code like USD\x1a\x44this.currency_code == \'\' || this.currency_code.matches(\'^[A-Z]{3}$\')\xba\x01u\n\x0emoney.positive\x12\x17\x61mount must be positive\x1aJ(this.units > 0 && this.nanos >= 0) || (this.units == 0 && this.nanos > 0)\xc8\x01\x01\x12\x37\n\x06method\x18\x03 \x01(\x0b\x32\x1f.shop.payments.v1.PaymentMethodB\x06\xbaH\x03\xc8\x01\x01\x12#\n\x0fidempotency_key\x18\x04 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01\x12\x1c\n\x07user_id\x18\x05 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"D\n\x16ProcessPaymentResponse\x12*\n\x07payment\x18\x01 \x01(\x0b\x32\x19.shop.payments.v1.Payment\"N\n\x14RefundPaymentRequest\x12\x1c\n\npayment_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x18\n\x06reason\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xf4\x03\"C\n\x15RefundPaymentResponse\x12*\n\x07payment\x18\x01 \x01(\x0b\x32\x19.shop.payments.v1.Payment\"1\n\x11GetPaymentRequest\x12\x1c\n\npayment_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"@\n\x12GetPaymentResponse\x12*\n\x07payment\x18\x01 \x01(\x0b\x32\x19.shop.payments.v1.Payment\"g\n\x13ListPaymentsRequest\x12\x1d\n\x08order_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x14ListPaymentsResponse\x12+\n\x08payments\x18\x01 \x03(\x0b\x32\x19.shop.payments.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa5\x01\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17PAYMENT_STATUS_CAPTURED\x10\x01\x12\x1b\n\x17PAYMENT_STATUS_DECLINED\x10\x02\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x03\x12\x1d\n\x19PAYMENT_STATUS_PROCESSING\x10\x04\x32\xd8\x03\n\x0ePaymentService\x12r\n\x0eProcessPayment\x12\'.shop.payments.v1.ProcessPaymentRequest\x1a(.shop.payments.v1.ProcessPaymentResponse\"\r\xba\xa2\x19\t\x1a\x07service\x12v\n\rRefundPayment\x12&.shop.payments.v1.RefundPaymentRequest\x1a\'.shop.payments.v1.RefundPaymentResponse\"\x14\xba\xa2\x19\x10\x1a\x05\x61\x64min\x1a\x07service\x12\x62\n\nGetPayment\x12#.shop.payments.v1.GetPaymentRequest\x1a$.shop.payments.v1.GetPaymentResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x10\x01\x12v\n\x0cListPayments\x12%.shop.payments.v1.ListPaymentsRequest\x1a&.shop.payments.v1.ListPaymentsResponse\"\x17\x90\x02\x01\xba\xa2\x19\x10\x1a\x05\x61\x64min\x1a\x07serviceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,6 +49,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROCESSPAYMENTREQUEST'].fields_by_name['method']._serialized_options = b'\272H\003\310\001\001'
   _globals['_PROCESSPAYMENTREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
   _globals['_PROCESSPAYMENTREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\272H\007r\005\020\001\030\310\001'
+  _globals['_PROCESSPAYMENTREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_PROCESSPAYMENTREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
   _globals['_REFUNDPAYMENTREQUEST'].fields_by_name['payment_id']._loaded_options = None
   _globals['_REFUNDPAYMENTREQUEST'].fields_by_name['payment_id']._serialized_options = b'\272H\005r\003\260\001\001'
   _globals['_REFUNDPAYMENTREQUEST'].fields_by_name['reason']._loaded_options = None
@@ -58,28 +61,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPAYMENTSREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
   _globals['_LISTPAYMENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTPAYMENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
-  _globals['_PAYMENTSTATUS']._serialized_start=1586
-  _globals['_PAYMENTSTATUS']._serialized_end=1751
-  _globals['_PAYMENTMETHOD']._serialized_start=145
-  _globals['_PAYMENTMETHOD']._serialized_end=286
-  _globals['_PAYMENT']._serialized_start=289
-  _globals['_PAYMENT']._serialized_end=574
-  _globals['_PROCESSPAYMENTREQUEST']._serialized_start=577
-  _globals['_PROCESSPAYMENTREQUEST']._serialized_end=1048
-  _globals['_PROCESSPAYMENTRESPONSE']._serialized_start=1050
-  _globals['_PROCESSPAYMENTRESPONSE']._serialized_end=1118
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=1120
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1198
-  _globals['_REFUNDPAYMENTRESPONSE']._serialized_start=1200
-  _globals['_REFUNDPAYMENTRESPONSE']._serialized_end=1267
-  _globals['_GETPAYMENTREQUEST']._serialized_start=1269
-  _globals['_GETPAYMENTREQUEST']._serialized_end=1318
-  _globals['_GETPAYMENTRESPONSE']._serialized_start=1320
-  _globals['_GETPAYMENTRESPONSE']._serialized_end=1384
-  _globals['_LISTPAYMENTSREQUEST']._serialized_start=1386
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=1489
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=1491
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1583
-  _globals['_PAYMENTSERVICE']._serialized_start=1754
-  _globals['_PAYMENTSERVICE']._serialized_end=2153
+  _globals['_PAYMENTSERVICE'].methods_by_name['ProcessPayment']._loaded_options = None
+  _globals['_PAYMENTSERVICE'].methods_by_name['ProcessPayment']._serialized_options = b'\272\242\031\t\032\007service'
+  _globals['_PAYMENTSERVICE'].methods_by_name['RefundPayment']._loaded_options = None
+  _globals['_PAYMENTSERVICE'].methods_by_name['RefundPayment']._serialized_options = b'\272\242\031\020\032\005admin\032\007service'
+  _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._loaded_options = None
+  _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._serialized_options = b'\220\002\001\272\242\031\002\020\001'
+  _globals['_PAYMENTSERVICE'].methods_by_name['ListPayments']._loaded_options = None
+  _globals['_PAYMENTSERVICE'].methods_by_name['ListPayments']._serialized_options = b'\220\002\001\272\242\031\020\032\005admin\032\007service'
+  _globals['_PAYMENTSTATUS']._serialized_start=1667
+  _globals['_PAYMENTSTATUS']._serialized_end=1832
+  _globals['_PAYMENTMETHOD']._serialized_start=179
+  _globals['_PAYMENTMETHOD']._serialized_end=320
+  _globals['_PAYMENT']._serialized_start=323
+  _globals['_PAYMENT']._serialized_end=625
+  _globals['_PROCESSPAYMENTREQUEST']._serialized_start=628
+  _globals['_PROCESSPAYMENTREQUEST']._serialized_end=1129
+  _globals['_PROCESSPAYMENTRESPONSE']._serialized_start=1131
+  _globals['_PROCESSPAYMENTRESPONSE']._serialized_end=1199
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=1201
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1279
+  _globals['_REFUNDPAYMENTRESPONSE']._serialized_start=1281
+  _globals['_REFUNDPAYMENTRESPONSE']._serialized_end=1348
+  _globals['_GETPAYMENTREQUEST']._serialized_start=1350
+  _globals['_GETPAYMENTREQUEST']._serialized_end=1399
+  _globals['_GETPAYMENTRESPONSE']._serialized_start=1401
+  _globals['_GETPAYMENTRESPONSE']._serialized_end=1465
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=1467
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=1570
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=1572
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1664
+  _globals['_PAYMENTSERVICE']._serialized_start=1835
+  _globals['_PAYMENTSERVICE']._serialized_end=2307
 # @@protoc_insertion_point(module_scope)

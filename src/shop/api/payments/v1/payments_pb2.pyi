@@ -91,6 +91,7 @@ class Payment(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     REFUND_REASON_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     order_id: _builtins.str
     status: Global___PaymentStatus.ValueType
@@ -98,6 +99,8 @@ class Payment(_message.Message):
     decline_code: _builtins.str
     """Set when DECLINED: card_declined, insufficient_funds, processing_error ..."""
     refund_reason: _builtins.str
+    user_id: _builtins.str
+    """The user the payment is for (empty for payments made before it was recorded)."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     @_builtins.property
@@ -116,10 +119,11 @@ class Payment(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         refund_reason: _builtins.str = ...,
+        user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "card_last4", b"card_last4", "created_at", b"created_at", "decline_code", b"decline_code", "id", b"id", "order_id", b"order_id", "refund_reason", b"refund_reason", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "card_last4", b"card_last4", "created_at", b"created_at", "decline_code", b"decline_code", "id", b"id", "order_id", b"order_id", "refund_reason", b"refund_reason", "status", b"status", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -133,8 +137,11 @@ class ProcessPaymentRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     idempotency_key: _builtins.str
+    user_id: _builtins.str
+    """The user the order belongs to; customers may read their own payments."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Required and positive."""
@@ -148,10 +155,11 @@ class ProcessPaymentRequest(_message.Message):
         amount: _money_pb2.Money | None = ...,
         method: Global___PaymentMethod | None = ...,
         idempotency_key: _builtins.str = ...,
+        user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "method", b"method"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "method", b"method", "order_id", b"order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "method", b"method", "order_id", b"order_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

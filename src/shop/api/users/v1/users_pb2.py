@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from grpckit.api.auth.v1 import access_pb2 as grpckit_dot_api_dot_auth_dot_v1_dot_access__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/api/users/v1/users.proto\x12\rshop.users.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"~\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\"e\n\x11\x43reateUserRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12\x1c\n\x08password\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x08\x18\x80\x01\x12\x17\n\x04name\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18\x64\"7\n\x12\x43reateUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.shop.users.v1.User\"G\n\x0cLoginRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12\x1c\n\x08password\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\"M\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\"+\n\x0eGetUserRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"4\n\x0fGetUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.shop.users.v1.User\"0\n\x13ValidateUserRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"X\n\x14ValidateUserResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12!\n\x04user\x18\x02 \x01(\x0b\x32\x13.shop.users.v1.User\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xc7\x02\n\x0bUserService\x12Q\n\nCreateUser\x12 .shop.users.v1.CreateUserRequest\x1a!.shop.users.v1.CreateUserResponse\x12\x42\n\x05Login\x12\x1b.shop.users.v1.LoginRequest\x1a\x1c.shop.users.v1.LoginResponse\x12H\n\x07GetUser\x12\x1d.shop.users.v1.GetUserRequest\x1a\x1e.shop.users.v1.GetUserResponse\x12W\n\x0cValidateUser\x12\".shop.users.v1.ValidateUserRequest\x1a#.shop.users.v1.ValidateUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/api/users/v1/users.proto\x12\rshop.users.v1\x1a\x1b\x62uf/validate/validate.proto\x1a grpckit/api/auth/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"~\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\"e\n\x11\x43reateUserRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12\x1c\n\x08password\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x08\x18\x80\x01\x12\x17\n\x04name\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18\x64\"7\n\x12\x43reateUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.shop.users.v1.User\"G\n\x0cLoginRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12\x1c\n\x08password\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\"\x80\x01\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\x1a\n\x12refresh_expires_in\x18\x05 \x01(\x03\"3\n\x0eRefreshRequest\x12!\n\rrefresh_token\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x04\"\x82\x01\n\x0fRefreshResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x12\n\ntoken_type\x18\x04 \x01(\t\x12\x1a\n\x12refresh_expires_in\x18\x05 \x01(\x03\"2\n\rLogoutRequest\x12!\n\rrefresh_token\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x04\"\x10\n\x0eLogoutResponse\"\x10\n\x0eGetJwksRequest\"3\n\x0fGetJwksResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.shop.users.v1.Jwk\"Q\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03\x61lg\x18\x05 \x01(\t\x12\x0b\n\x03use\x18\x06 \x01(\t\"+\n\x0eGetUserRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"4\n\x0fGetUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.shop.users.v1.User\"/\n\x12\x44isableUserRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"8\n\x13\x44isableUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.shop.users.v1.User\".\n\x11\x44\x65leteUserRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"\x14\n\x12\x44\x65leteUserResponse\"0\n\x13ValidateUserRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"X\n\x14ValidateUserResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12!\n\x04user\x18\x02 \x01(\x0b\x32\x13.shop.users.v1.User\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xc1\x06\n\x0bUserService\x12Y\n\nCreateUser\x12 .shop.users.v1.CreateUserRequest\x1a!.shop.users.v1.CreateUserResponse\"\x06\xba\xa2\x19\x02\x08\x01\x12J\n\x05Login\x12\x1b.shop.users.v1.LoginRequest\x1a\x1c.shop.users.v1.LoginResponse\"\x06\xba\xa2\x19\x02\x08\x01\x12P\n\x07Refresh\x12\x1d.shop.users.v1.RefreshRequest\x1a\x1e.shop.users.v1.RefreshResponse\"\x06\xba\xa2\x19\x02\x08\x01\x12M\n\x06Logout\x12\x1c.shop.users.v1.LogoutRequest\x1a\x1d.shop.users.v1.LogoutResponse\"\x06\xba\xa2\x19\x02\x08\x01\x12S\n\x07GetJwks\x12\x1d.shop.users.v1.GetJwksRequest\x1a\x1e.shop.users.v1.GetJwksResponse\"\t\x90\x02\x01\xba\xa2\x19\x02\x08\x01\x12\\\n\x07GetUser\x12\x1d.shop.users.v1.GetUserRequest\x1a\x1e.shop.users.v1.GetUserResponse\"\x12\x90\x02\x01\xba\xa2\x19\x0b\x10\x01\"\x07user_id\x12p\n\x0cValidateUser\x12\".shop.users.v1.ValidateUserRequest\x1a#.shop.users.v1.ValidateUserResponse\"\x17\x90\x02\x01\xba\xa2\x19\x10\x1a\x07service\x1a\x05\x61\x64min\x12\x61\n\x0b\x44isableUser\x12!.shop.users.v1.DisableUserRequest\x1a\".shop.users.v1.DisableUserResponse\"\x0b\xba\xa2\x19\x07\x1a\x05\x61\x64min\x12\x62\n\nDeleteUser\x12 .shop.users.v1.DeleteUserRequest\x1a!.shop.users.v1.DeleteUserResponse\"\x0f\xba\xa2\x19\x0b\x10\x01\"\x07user_idb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,28 +44,76 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGINREQUEST'].fields_by_name['email']._serialized_options = b'\272H\007r\005\030\376\001`\001'
   _globals['_LOGINREQUEST'].fields_by_name['password']._loaded_options = None
   _globals['_LOGINREQUEST'].fields_by_name['password']._serialized_options = b'\272H\007r\005\020\001\030\200\001'
+  _globals['_REFRESHREQUEST'].fields_by_name['refresh_token']._loaded_options = None
+  _globals['_REFRESHREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\272H\007r\005\020\001\030\200\004'
+  _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._loaded_options = None
+  _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\272H\007r\005\020\001\030\200\004'
   _globals['_GETUSERREQUEST'].fields_by_name['user_id']._loaded_options = None
   _globals['_GETUSERREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_DISABLEUSERREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_DISABLEUSERREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_DELETEUSERREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_DELETEUSERREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\005r\003\260\001\001'
   _globals['_VALIDATEUSERREQUEST'].fields_by_name['user_id']._loaded_options = None
   _globals['_VALIDATEUSERREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\005r\003\260\001\001'
-  _globals['_USER']._serialized_start=110
-  _globals['_USER']._serialized_end=236
-  _globals['_CREATEUSERREQUEST']._serialized_start=238
-  _globals['_CREATEUSERREQUEST']._serialized_end=339
-  _globals['_CREATEUSERRESPONSE']._serialized_start=341
-  _globals['_CREATEUSERRESPONSE']._serialized_end=396
-  _globals['_LOGINREQUEST']._serialized_start=398
-  _globals['_LOGINREQUEST']._serialized_end=469
-  _globals['_LOGINRESPONSE']._serialized_start=471
-  _globals['_LOGINRESPONSE']._serialized_end=548
-  _globals['_GETUSERREQUEST']._serialized_start=550
-  _globals['_GETUSERREQUEST']._serialized_end=593
-  _globals['_GETUSERRESPONSE']._serialized_start=595
-  _globals['_GETUSERRESPONSE']._serialized_end=647
-  _globals['_VALIDATEUSERREQUEST']._serialized_start=649
-  _globals['_VALIDATEUSERREQUEST']._serialized_end=697
-  _globals['_VALIDATEUSERRESPONSE']._serialized_start=699
-  _globals['_VALIDATEUSERRESPONSE']._serialized_end=787
-  _globals['_USERSERVICE']._serialized_start=790
-  _globals['_USERSERVICE']._serialized_end=1117
+  _globals['_USERSERVICE'].methods_by_name['CreateUser']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\272\242\031\002\010\001'
+  _globals['_USERSERVICE'].methods_by_name['Login']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['Login']._serialized_options = b'\272\242\031\002\010\001'
+  _globals['_USERSERVICE'].methods_by_name['Refresh']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['Refresh']._serialized_options = b'\272\242\031\002\010\001'
+  _globals['_USERSERVICE'].methods_by_name['Logout']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['Logout']._serialized_options = b'\272\242\031\002\010\001'
+  _globals['_USERSERVICE'].methods_by_name['GetJwks']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\220\002\001\272\242\031\002\010\001'
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\220\002\001\272\242\031\013\020\001\"\007user_id'
+  _globals['_USERSERVICE'].methods_by_name['ValidateUser']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['ValidateUser']._serialized_options = b'\220\002\001\272\242\031\020\032\007service\032\005admin'
+  _globals['_USERSERVICE'].methods_by_name['DisableUser']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['DisableUser']._serialized_options = b'\272\242\031\007\032\005admin'
+  _globals['_USERSERVICE'].methods_by_name['DeleteUser']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['DeleteUser']._serialized_options = b'\272\242\031\013\020\001\"\007user_id'
+  _globals['_USER']._serialized_start=144
+  _globals['_USER']._serialized_end=270
+  _globals['_CREATEUSERREQUEST']._serialized_start=272
+  _globals['_CREATEUSERREQUEST']._serialized_end=373
+  _globals['_CREATEUSERRESPONSE']._serialized_start=375
+  _globals['_CREATEUSERRESPONSE']._serialized_end=430
+  _globals['_LOGINREQUEST']._serialized_start=432
+  _globals['_LOGINREQUEST']._serialized_end=503
+  _globals['_LOGINRESPONSE']._serialized_start=506
+  _globals['_LOGINRESPONSE']._serialized_end=634
+  _globals['_REFRESHREQUEST']._serialized_start=636
+  _globals['_REFRESHREQUEST']._serialized_end=687
+  _globals['_REFRESHRESPONSE']._serialized_start=690
+  _globals['_REFRESHRESPONSE']._serialized_end=820
+  _globals['_LOGOUTREQUEST']._serialized_start=822
+  _globals['_LOGOUTREQUEST']._serialized_end=872
+  _globals['_LOGOUTRESPONSE']._serialized_start=874
+  _globals['_LOGOUTRESPONSE']._serialized_end=890
+  _globals['_GETJWKSREQUEST']._serialized_start=892
+  _globals['_GETJWKSREQUEST']._serialized_end=908
+  _globals['_GETJWKSRESPONSE']._serialized_start=910
+  _globals['_GETJWKSRESPONSE']._serialized_end=961
+  _globals['_JWK']._serialized_start=963
+  _globals['_JWK']._serialized_end=1044
+  _globals['_GETUSERREQUEST']._serialized_start=1046
+  _globals['_GETUSERREQUEST']._serialized_end=1089
+  _globals['_GETUSERRESPONSE']._serialized_start=1091
+  _globals['_GETUSERRESPONSE']._serialized_end=1143
+  _globals['_DISABLEUSERREQUEST']._serialized_start=1145
+  _globals['_DISABLEUSERREQUEST']._serialized_end=1192
+  _globals['_DISABLEUSERRESPONSE']._serialized_start=1194
+  _globals['_DISABLEUSERRESPONSE']._serialized_end=1250
+  _globals['_DELETEUSERREQUEST']._serialized_start=1252
+  _globals['_DELETEUSERREQUEST']._serialized_end=1298
+  _globals['_DELETEUSERRESPONSE']._serialized_start=1300
+  _globals['_DELETEUSERRESPONSE']._serialized_end=1320
+  _globals['_VALIDATEUSERREQUEST']._serialized_start=1322
+  _globals['_VALIDATEUSERREQUEST']._serialized_end=1370
+  _globals['_VALIDATEUSERRESPONSE']._serialized_start=1372
+  _globals['_VALIDATEUSERRESPONSE']._serialized_end=1460
+  _globals['_USERSERVICE']._serialized_start=1463
+  _globals['_USERSERVICE']._serialized_end=2296
 # @@protoc_insertion_point(module_scope)

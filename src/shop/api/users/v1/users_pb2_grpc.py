@@ -45,6 +45,21 @@ class UserServiceStub:
                 request_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.LoginRequest.SerializeToString,
                 response_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.LoginResponse.FromString,
                 _registered_method=True)
+        self.Refresh = channel.unary_unary(
+                '/shop.users.v1.UserService/Refresh',
+                request_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.RefreshRequest.SerializeToString,
+                response_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.RefreshResponse.FromString,
+                _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/shop.users.v1.UserService/Logout',
+                request_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.LogoutResponse.FromString,
+                _registered_method=True)
+        self.GetJwks = channel.unary_unary(
+                '/shop.users.v1.UserService/GetJwks',
+                request_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.GetJwksRequest.SerializeToString,
+                response_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.GetJwksResponse.FromString,
+                _registered_method=True)
         self.GetUser = channel.unary_unary(
                 '/shop.users.v1.UserService/GetUser',
                 request_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.GetUserRequest.SerializeToString,
@@ -54,6 +69,16 @@ class UserServiceStub:
                 '/shop.users.v1.UserService/ValidateUser',
                 request_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.ValidateUserRequest.SerializeToString,
                 response_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.ValidateUserResponse.FromString,
+                _registered_method=True)
+        self.DisableUser = channel.unary_unary(
+                '/shop.users.v1.UserService/DisableUser',
+                request_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.DisableUserRequest.SerializeToString,
+                response_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.DisableUserResponse.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/shop.users.v1.UserService/DeleteUser',
+                request_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.DeleteUserResponse.FromString,
                 _registered_method=True)
 
 
@@ -69,7 +94,30 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Login(self, request, context):
-        """Login exchanges email and password for an access token. Bad credentials: UNAUTHENTICATED.
+        """Login exchanges email and password for an access token and a refresh token. Bad
+        credentials: UNAUTHENTICATED. Limited per email and per client address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Refresh(self, request, context):
+        """Refresh exchanges a refresh token for a new access token and a new refresh token; the old
+        refresh token stops working. Reusing a rotated refresh token revokes its whole family.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Logout revokes a refresh token (and the tokens rotated from the same login).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJwks(self, request, context):
+        """GetJwks returns the public keys that verify access tokens (also at /.well-known/jwks.json).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +137,20 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DisableUser(self, request, context):
+        """DisableUser stops an account: its tokens stop working and it cannot log in. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """DeleteUser deletes an account (the user themself or an admin): its tokens stop working.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +164,21 @@ def add_UserServiceServicer_to_server(servicer, server):
                     request_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.LoginRequest.FromString,
                     response_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.LoginResponse.SerializeToString,
             ),
+            'Refresh': grpc.unary_unary_rpc_method_handler(
+                    servicer.Refresh,
+                    request_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.RefreshRequest.FromString,
+                    response_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.RefreshResponse.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.LogoutRequest.FromString,
+                    response_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.LogoutResponse.SerializeToString,
+            ),
+            'GetJwks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJwks,
+                    request_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.GetJwksRequest.FromString,
+                    response_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.GetJwksResponse.SerializeToString,
+            ),
             'GetUser': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUser,
                     request_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.GetUserRequest.FromString,
@@ -111,6 +188,16 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.ValidateUser,
                     request_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.ValidateUserRequest.FromString,
                     response_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.ValidateUserResponse.SerializeToString,
+            ),
+            'DisableUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableUser,
+                    request_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.DisableUserRequest.FromString,
+                    response_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.DisableUserResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.DeleteUserRequest.FromString,
+                    response_serializer=shop_dot_api_dot_users_dot_v1_dot_users__pb2.DeleteUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +266,87 @@ class UserService:
             _registered_method=True)
 
     @staticmethod
+    def Refresh(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.users.v1.UserService/Refresh',
+            shop_dot_api_dot_users_dot_v1_dot_users__pb2.RefreshRequest.SerializeToString,
+            shop_dot_api_dot_users_dot_v1_dot_users__pb2.RefreshResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.users.v1.UserService/Logout',
+            shop_dot_api_dot_users_dot_v1_dot_users__pb2.LogoutRequest.SerializeToString,
+            shop_dot_api_dot_users_dot_v1_dot_users__pb2.LogoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJwks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.users.v1.UserService/GetJwks',
+            shop_dot_api_dot_users_dot_v1_dot_users__pb2.GetJwksRequest.SerializeToString,
+            shop_dot_api_dot_users_dot_v1_dot_users__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetUser(request,
             target,
             options=(),
@@ -222,6 +390,60 @@ class UserService:
             '/shop.users.v1.UserService/ValidateUser',
             shop_dot_api_dot_users_dot_v1_dot_users__pb2.ValidateUserRequest.SerializeToString,
             shop_dot_api_dot_users_dot_v1_dot_users__pb2.ValidateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.users.v1.UserService/DisableUser',
+            shop_dot_api_dot_users_dot_v1_dot_users__pb2.DisableUserRequest.SerializeToString,
+            shop_dot_api_dot_users_dot_v1_dot_users__pb2.DisableUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.users.v1.UserService/DeleteUser',
+            shop_dot_api_dot_users_dot_v1_dot_users__pb2.DeleteUserRequest.SerializeToString,
+            shop_dot_api_dot_users_dot_v1_dot_users__pb2.DeleteUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

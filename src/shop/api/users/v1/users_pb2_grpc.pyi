@@ -36,11 +36,25 @@ class UserServiceStub:
     CreateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.CreateUserRequest, _users_pb2.CreateUserResponse]
     """CreateUser registers a new account. Duplicate email: ALREADY_EXISTS."""
     Login: _grpc.UnaryUnaryMultiCallable[_users_pb2.LoginRequest, _users_pb2.LoginResponse]
-    """Login exchanges email and password for an access token. Bad credentials: UNAUTHENTICATED."""
+    """Login exchanges email and password for an access token and a refresh token. Bad
+    credentials: UNAUTHENTICATED. Limited per email and per client address.
+    """
+    Refresh: _grpc.UnaryUnaryMultiCallable[_users_pb2.RefreshRequest, _users_pb2.RefreshResponse]
+    """Refresh exchanges a refresh token for a new access token and a new refresh token; the old
+    refresh token stops working. Reusing a rotated refresh token revokes its whole family.
+    """
+    Logout: _grpc.UnaryUnaryMultiCallable[_users_pb2.LogoutRequest, _users_pb2.LogoutResponse]
+    """Logout revokes a refresh token (and the tokens rotated from the same login)."""
+    GetJwks: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetJwksRequest, _users_pb2.GetJwksResponse]
+    """GetJwks returns the public keys that verify access tokens (also at /.well-known/jwks.json)."""
     GetUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.GetUserResponse]
     """GetUser returns one user. Unknown id: NOT_FOUND."""
     ValidateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.ValidateUserRequest, _users_pb2.ValidateUserResponse]
     """ValidateUser tells whether a user may place orders (exists and is active)."""
+    DisableUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.DisableUserRequest, _users_pb2.DisableUserResponse]
+    """DisableUser stops an account: its tokens stop working and it cannot log in. Admins only."""
+    DeleteUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]
+    """DeleteUser deletes an account (the user themself or an admin): its tokens stop working."""
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
@@ -50,11 +64,25 @@ class UserServiceAsyncStub(UserServiceStub):
     CreateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.CreateUserRequest, _users_pb2.CreateUserResponse]  # type: ignore[assignment]
     """CreateUser registers a new account. Duplicate email: ALREADY_EXISTS."""
     Login: _aio.UnaryUnaryMultiCallable[_users_pb2.LoginRequest, _users_pb2.LoginResponse]  # type: ignore[assignment]
-    """Login exchanges email and password for an access token. Bad credentials: UNAUTHENTICATED."""
+    """Login exchanges email and password for an access token and a refresh token. Bad
+    credentials: UNAUTHENTICATED. Limited per email and per client address.
+    """
+    Refresh: _aio.UnaryUnaryMultiCallable[_users_pb2.RefreshRequest, _users_pb2.RefreshResponse]  # type: ignore[assignment]
+    """Refresh exchanges a refresh token for a new access token and a new refresh token; the old
+    refresh token stops working. Reusing a rotated refresh token revokes its whole family.
+    """
+    Logout: _aio.UnaryUnaryMultiCallable[_users_pb2.LogoutRequest, _users_pb2.LogoutResponse]  # type: ignore[assignment]
+    """Logout revokes a refresh token (and the tokens rotated from the same login)."""
+    GetJwks: _aio.UnaryUnaryMultiCallable[_users_pb2.GetJwksRequest, _users_pb2.GetJwksResponse]  # type: ignore[assignment]
+    """GetJwks returns the public keys that verify access tokens (also at /.well-known/jwks.json)."""
     GetUser: _aio.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.GetUserResponse]  # type: ignore[assignment]
     """GetUser returns one user. Unknown id: NOT_FOUND."""
     ValidateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.ValidateUserRequest, _users_pb2.ValidateUserResponse]  # type: ignore[assignment]
     """ValidateUser tells whether a user may place orders (exists and is active)."""
+    DisableUser: _aio.UnaryUnaryMultiCallable[_users_pb2.DisableUserRequest, _users_pb2.DisableUserResponse]  # type: ignore[assignment]
+    """DisableUser stops an account: its tokens stop working and it cannot log in. Admins only."""
+    DeleteUser: _aio.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]  # type: ignore[assignment]
+    """DeleteUser deletes an account (the user themself or an admin): its tokens stop working."""
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     """UserService owns user accounts."""
@@ -73,7 +101,35 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.LoginRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.LoginResponse, _abc.Awaitable[_users_pb2.LoginResponse]]:
-        """Login exchanges email and password for an access token. Bad credentials: UNAUTHENTICATED."""
+        """Login exchanges email and password for an access token and a refresh token. Bad
+        credentials: UNAUTHENTICATED. Limited per email and per client address.
+        """
+
+    @_abc_1.abstractmethod
+    def Refresh(
+        self,
+        request: _users_pb2.RefreshRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.RefreshResponse, _abc.Awaitable[_users_pb2.RefreshResponse]]:
+        """Refresh exchanges a refresh token for a new access token and a new refresh token; the old
+        refresh token stops working. Reusing a rotated refresh token revokes its whole family.
+        """
+
+    @_abc_1.abstractmethod
+    def Logout(
+        self,
+        request: _users_pb2.LogoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.LogoutResponse, _abc.Awaitable[_users_pb2.LogoutResponse]]:
+        """Logout revokes a refresh token (and the tokens rotated from the same login)."""
+
+    @_abc_1.abstractmethod
+    def GetJwks(
+        self,
+        request: _users_pb2.GetJwksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.GetJwksResponse, _abc.Awaitable[_users_pb2.GetJwksResponse]]:
+        """GetJwks returns the public keys that verify access tokens (also at /.well-known/jwks.json)."""
 
     @_abc_1.abstractmethod
     def GetUser(
@@ -90,5 +146,21 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.ValidateUserResponse, _abc.Awaitable[_users_pb2.ValidateUserResponse]]:
         """ValidateUser tells whether a user may place orders (exists and is active)."""
+
+    @_abc_1.abstractmethod
+    def DisableUser(
+        self,
+        request: _users_pb2.DisableUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.DisableUserResponse, _abc.Awaitable[_users_pb2.DisableUserResponse]]:
+        """DisableUser stops an account: its tokens stop working and it cannot log in. Admins only."""
+
+    @_abc_1.abstractmethod
+    def DeleteUser(
+        self,
+        request: _users_pb2.DeleteUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.DeleteUserResponse, _abc.Awaitable[_users_pb2.DeleteUserResponse]]:
+        """DeleteUser deletes an account (the user themself or an admin): its tokens stop working."""
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
