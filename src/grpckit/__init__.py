@@ -23,10 +23,12 @@ from grpckit.errors import StatusError
 from grpckit.logs import configure_logging, get_logger
 from grpckit.middleware import Interceptor, Matcher, Next, select
 from grpckit.server import App, ServerConfig
+from grpckit.tls import ClientTls, ServerTls
 
 __all__ = [
     "App",
     "CallInfo",
+    "ClientTls",
     "Interceptor",
     "Matcher",
     "MessageListener",
@@ -34,6 +36,7 @@ __all__ = [
     "Outcome",
     "RpcKind",
     "ServerConfig",
+    "ServerTls",
     "StatusError",
     "configure_logging",
     "current_call",

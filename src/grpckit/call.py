@@ -106,6 +106,8 @@ class CallInfo:
     #: The OpenTelemetry span context of this call's server span, set by ``tracing()``, so that
     #: interceptors outside it (``recovery()``) can still log the trace and span ids.
     span_context: Any = None
+    #: Who is calling (a :class:`grpckit.auth.Principal`), set by ``authentication()``.
+    principal: Any = None
     msgs_received: int = 0
     msgs_sent: int = 0
     listeners: list[MessageListener] = field(default_factory=list)

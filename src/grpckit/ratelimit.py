@@ -393,8 +393,10 @@ class RedisLimiter:
         self.fallback: Limiter = fallback if fallback is not None else MemoryLimiter(clock=clock)
         self.retry_interval = retry_interval
         self._clock = clock
-        #: Calls served by ``fallback`` because Redis was unreachable (a metric comes later).
+        #: Calls served by ``fallback`` because Redis was unreachable; also exported as the
+        #: ``grpckit_ratelimit_fallback_total`` counter when prometheus_client is installed.
         self.fallbacks = 0
+        self._metric = _fallback_counter()
         self._down_until: float | None = None
         self._unreachable: tuple[type[BaseException], ...] = (
             exceptions.ConnectionError,
@@ -446,7 +448,31 @@ class RedisLimiter:
 
     async def _fall_back(self, key: str, rule: Rule, cost: int) -> Decision:
         self.fallbacks += 1
+        if self._metric is not None:
+            self._metric.labels(self.prefix).inc()
         return await self.fallback.acquire(key, rule, cost)
 
     def __repr__(self) -> str:
         return f"RedisLimiter(prefix={self.prefix!r}, degraded={self.degraded})"
+
+
+_FALLBACK_COUNTER: Any = None
+
+
+def _fallback_counter() -> Any:
+    """The process-wide fallback counter (``None`` without prometheus_client)."""
+    global _FALLBACK_COUNTER
+    if _FALLBACK_COUNTER is None:
+        try:
+            from prometheus_client import Counter
+        except ImportError:
+            return None
+        from grpckit.metrics import default_registry
+
+        _FALLBACK_COUNTER = Counter(
+            "grpckit_ratelimit_fallback",
+            "Rate limit decisions taken by the local fallback because Redis was unreachable.",
+            ["prefix"],
+            registry=default_registry(),
+        )
+    return _FALLBACK_COUNTER

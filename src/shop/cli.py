@@ -4,6 +4,9 @@ shop up                       every service on one gRPC port (default 50051)
 shop serve orders --port 0    one service; peers by --<peer>-addr or SHOP_<PEER>_ADDR
 shop order                    place an order through the gateway and print the outcome
 shop watch                    print the live metrics stream
+shop token                    log in and print an access token
+shop certs --out DIR          create a development CA and TLS certificates
+shop audit [--verify]         print the audit trail; check its hash chains
 """
 
 from __future__ import annotations
@@ -60,6 +63,32 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
         help="testing: SIGKILL the process right after this saga step is journaled",
     )
     p.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help="serve TLS only, with the certificates `shop certs --out DIR` made (peers too)",
+    )
+    p.add_argument(
+        "--mtls",
+        action="store_true",
+        help="with --tls-dir: require client certificates signed by DIR/ca.pem",
+    )
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="e.g. redis://127.0.0.1:6379/0: rate limits shared by every process (or SHOP_REDIS_URL)",
+    )
+    p.add_argument(
+        "--service-key-file",
+        type=Path,
+        default=None,
+        help="key signing service tokens, the same for every process "
+        "(default DATA_DIR/keys/service-ed25519.pem; or SHOP_SERVICE_KEY_FILE)",
+    )
+    p.add_argument(
+        "--no-rate-limits", action="store_true", help="turn rate limiting off (benchmarks)"
+    )
+    p.add_argument(
         "--payment-latency-ms", type=int, default=0, help="simulated payment provider latency"
     )
     p.add_argument(
@@ -80,7 +109,30 @@ def _settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         payment_failure_rate=ns.payment_failure_rate,
         call_timeout=ns.call_timeout,
         grace_period=ns.grace,
+        admin_email=env.get("SHOP_ADMIN_EMAIL") or None,
+        admin_password=env.get("SHOP_ADMIN_PASSWORD") or None,
+        tls_dir=ns.tls_dir,
+        mtls=ns.mtls,
+        redis_url=ns.redis_url or env.get("SHOP_REDIS_URL") or None,
+        service_key_file=ns.service_key_file
+        or (Path(env["SHOP_SERVICE_KEY_FILE"]) if env.get("SHOP_SERVICE_KEY_FILE") else None),
+        rate_limits=not ns.no_rate_limits,
     )
+
+
+def _client_args(p: argparse.ArgumentParser, *, what: str) -> None:
+    p.add_argument(
+        "--addr", default="localhost:50051", help=f"{what} address (default localhost:50051)"
+    )
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help="connect with TLS: DIR/ca.pem, and DIR/client.pem as the client certificate",
+    )
+    p.add_argument("--token", default=None, help="an access token (or SHOP_TOKEN; default: log in)")
+    p.add_argument("--email", default=None, help="log in as this user (or SHOP_EMAIL)")
+    p.add_argument("--password", default=None, help="their password (or SHOP_PASSWORD)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,11 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(serve)
 
     order = sub.add_parser("order", help="place an order through the gateway and print the outcome")
+    _client_args(order, what="gateway")
     order.add_argument(
-        "--addr", default="localhost:50051", help="gateway address (default localhost:50051)"
-    )
-    order.add_argument(
-        "--user-id", default=None, help="an existing user (default: register a new demo user)"
+        "--user-id",
+        default=None,
+        help="order for this user (default: the logged-in user, or a new demo user)",
     )
     order.add_argument(
         "--item",
@@ -139,15 +191,36 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--json", action="store_true", help="print the response as JSON")
 
     watch = sub.add_parser("watch", help="print the live metrics stream")
-    watch.add_argument(
-        "--addr", default="localhost:50051", help="analytics address (default localhost:50051)"
-    )
+    _client_args(watch, what="analytics")
     watch.add_argument("--window", type=float, default=10.0, help="window in seconds: 1, 10 or 60")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
     watch.add_argument(
         "--count", type=int, default=0, help="stop after this many snapshots (0: until Ctrl-C)"
     )
     watch.add_argument("--json", action="store_true", help="one JSON object per snapshot")
+
+    token = sub.add_parser("token", help="log in and print an access token")
+    _client_args(token, what="users service")
+    token.add_argument("--json", action="store_true", help="print the whole Login response")
+
+    certs = sub.add_parser("certs", help="create a development CA and TLS certificates")
+    certs.add_argument("--out", type=Path, required=True, help="directory to write into")
+    certs.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help="a name or IP the server certificate is valid for (repeatable; "
+        "default localhost, 127.0.0.1, ::1)",
+    )
+    certs.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    audit = sub.add_parser("audit", help="print the audit trail as JSON lines; --verify checks it")
+    audit.add_argument("--data-dir", type=Path, default=Path("./.shop"))
+    audit.add_argument("--database-url", default=None, help="as given to `shop up`")
+    audit.add_argument("--verify", action="store_true", help="check every hash chain")
+    audit.add_argument(
+        "--service", action="append", choices=SERVICES, default=None, help="only this service"
+    )
     return parser
 
 
@@ -168,12 +241,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 config = ProcessConfig((ns.service,), ns.host, ns.port, ns.http_port, peers)
             return asyncio.run(run(settings, config, env=env))
+        if ns.command == "certs":
+            from shop.certs import write_dev_certs
+
+            hosts = tuple(ns.host) if ns.host else ("localhost", "127.0.0.1", "::1")
+            for path in write_dev_certs(ns.out, hosts=hosts, force=ns.force):
+                print(path)
+            return 0
+        if ns.command == "audit":
+            from shop import audit_cli
+
+            return audit_cli.run(
+                ns.data_dir,
+                ns.database_url or env.get("SHOP_DATABASE_URL") or None,
+                verify=ns.verify,
+                services=ns.service,
+            )
         from shop import terminal
 
         if ns.command == "order":
-            return asyncio.run(terminal.order(ns))
-        return asyncio.run(terminal.watch(ns))
-    except ValueError as exc:
+            return asyncio.run(terminal.order(ns, env))
+        if ns.command == "token":
+            return asyncio.run(terminal.token(ns, env))
+        return asyncio.run(terminal.watch(ns, env))
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"shop: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

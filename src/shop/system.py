@@ -10,21 +10,24 @@ from __future__ import annotations
 import asyncio
 import importlib
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpckit import App, ServerConfig, get_logger
+from grpckit import App, ServerConfig, dial, get_logger
+from grpckit.auth import missing_policies
 from grpckit.client import client_metrics_interceptors, client_tracing_interceptors
 from grpckit.defaults import default_interceptors
-from grpckit.interceptors import validation
+from grpckit.interceptors import audit, validation
 from grpckit.metrics import render
 from grpckit.tracing import configure_from_env
+from shop.common.audit import AuditLog, ServiceAuditSink
 from shop.common.bus import InMemoryEventBus
 from shop.common.runtime import SERVICES, ServiceContext, Settings
 from shop.ops_http import OpsServer, Route, json_response
+from shop.security import Security
 
 # analytics first: it subscribes to the bus before the outbox relays of orders/payments start.
 MOUNT_ORDER = ("analytics", "users", "catalog", "orders", "payments", "gateway")
@@ -65,15 +68,37 @@ async def run(
     ``env`` carries the standard ``OTEL_*`` variables; tracing is off unless they configure it.
     """
     log = get_logger("shop")
+    if "users" not in config.services and "users" not in config.peers:
+        raise ValueError(
+            "pass --users-addr (or SHOP_USERS_ADDR): every service verifies access tokens with "
+            "the users service's public keys and checks that accounts are still active"
+        )
     name = "shop" if len(config.services) > 1 else f"shop-{config.services[0]}"
     provider = configure_from_env(name, env or {})
     chain = default_interceptors(
         tracing=provider is not None, tracer_provider=provider, metrics=True
     )
+    security = Security(
+        settings,
+        serves_users="users" in config.services,
+        service_name="shop" if len(config.services) > 1 else config.services[0],
+    )
+    ctx_ref: list[ServiceContext] = []
+    security.connect(lambda: ctx_ref[0].internal_channel("users"))
+    audit_logs: dict[str, AuditLog] = {}
     app = App(
-        ServerConfig(host=config.host, port=config.grpc_port, grace_period=settings.grace_period),
+        ServerConfig(
+            host=config.host,
+            port=config.grpc_port,
+            grace_period=settings.grace_period,
+            tls=security.server_tls,
+        ),
         name="shop",
-        interceptors=[*chain, validation()],
+        interceptors=[
+            *chain,
+            *security.interceptors(audit(ServiceAuditSink(audit_logs))),
+            validation(),
+        ],
     )
     if provider is not None:
         app.on_stop(lambda: asyncio.to_thread(provider.shutdown))  # runs last: flushes spans
@@ -89,15 +114,30 @@ async def run(
             *client_metrics_interceptors(),
             *(client_tracing_interceptors(provider) if provider is not None else []),
         ],
+        client_tls=security.client_tls,
+        service_token=security.service_token(),
     )
+    ctx_ref.append(ctx)
+    assert security.active_users is not None
+    ctx.on_subject_revoked(security.active_users.forget)
     app.on_stop(ctx.close)
     for service in (s for s in MOUNT_ORDER if s in config.services):
         await _mount_fn(service)(app, ctx)
+    missing = missing_policies(FULL_NAMES[s] for s in config.services)
+    if missing:
+        raise RuntimeError(f"methods without an access policy: {', '.join(missing)}")
+    for service in config.services:
+        audit_logs[FULL_NAMES[service]] = AuditLog(ctx.database(service), service)
+    app.on_stop(_close_all(audit_logs.values()))  # before ctx.close: hooks run in reverse
 
     ops: OpsServer | None = None
     if config.http_port is not None:
         names = ["", *(FULL_NAMES[s] for s in config.services)]
-        routes = {"/healthz": _healthz(local, names), "/metrics": _metrics}
+        routes = {
+            "/healthz": _healthz(local, names, security),
+            "/metrics": _metrics,
+            "/.well-known/jwks.json": _jwks(security),
+        }
         ops = OpsServer(config.host, config.http_port, routes)
     await app.start()
     if ops is not None:
@@ -115,10 +155,23 @@ async def run(
         database="postgresql"
         if (settings.database_url or "").startswith("postgresql")
         else "sqlite",
+        tls="mtls" if settings.mtls else ("tls" if settings.tls_dir else "off"),
+        get_a_token=_token_hint(config.host, port, settings),
     )
     await app.wait_for_termination()
     log.info("stopped")
     return 0
+
+
+def _token_hint(host: str, port: int, settings: Settings) -> str:
+    tls = f" --tls-dir {settings.tls_dir}" if settings.tls_dir else ""
+    who = (
+        f"--email {settings.admin_email} --password $SHOP_ADMIN_PASSWORD"
+        if settings.admin_email and settings.admin_password
+        else "--email YOU@example.com --password ... (create the account with "
+        "shop.users.v1.UserService/CreateUser; SHOP_ADMIN_EMAIL/SHOP_ADMIN_PASSWORD make an admin)"
+    )
+    return f"shop token --addr {host}:{port}{tls} {who}; send it as 'authorization: Bearer <token>'"
 
 
 async def _metrics(headers: Mapping[str, str]) -> tuple[int, str, bytes]:
@@ -126,10 +179,29 @@ async def _metrics(headers: Mapping[str, str]) -> tuple[int, str, bytes]:
     return 200, content_type, body
 
 
-def _healthz(target: str, names: Sequence[str]) -> Route:
+def _close_all(logs: Iterable[AuditLog]) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        for log in logs:
+            await log.close()
+
+    return close
+
+
+def _jwks(security: Security) -> Route:
+    async def route(_headers: Mapping[str, str]) -> tuple[int, str, bytes]:
+        try:
+            document = await security.jwks_document()
+        except grpc.aio.AioRpcError as err:
+            return json_response(503, {"error": f"users service unreachable: {err.code().name}"})
+        return json_response(200, dict(document))
+
+    return route
+
+
+def _healthz(target: str, names: Sequence[str], security: Security) -> Route:
     async def route(_headers: Mapping[str, str]) -> tuple[int, str, bytes]:
         statuses: dict[str, str] = {}
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with dial(target, tls=security.client_tls, default_timeout=2.0) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             for name in names:
                 try:

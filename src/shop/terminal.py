@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import secrets
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 import grpc
 from google.protobuf import duration_pb2, json_format
@@ -35,20 +39,80 @@ def _fail(err: grpc.aio.AioRpcError) -> int:
     return 1
 
 
-async def _demo_user(channel: grpc.aio.Channel) -> str:
+def _channel(ns: argparse.Namespace) -> grpc.aio.Channel:
+    """Plaintext, or TLS trusting DIR/ca.pem (with DIR/client.pem when present) for --tls-dir."""
+    tls_dir: Path | None = ns.tls_dir
+    if tls_dir is None:
+        return grpc.aio.insecure_channel(ns.addr)
+    ca = tls_dir / "ca.pem"
+    if not ca.is_file():
+        raise LookupError(f"{ca} not found: create certificates with `shop certs --out {tls_dir}`")
+    cert, key = tls_dir / "client.pem", tls_dir / "client-key.pem"
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes() if key.is_file() else None,
+        certificate_chain=cert.read_bytes() if cert.is_file() else None,
+    )
+    return grpc.aio.secure_channel(ns.addr, credentials)
+
+
+def token_subject(token: str) -> str:
+    """The ``sub`` claim of a JWT, read without verifying it (the server verifies)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return str(claims["sub"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        raise LookupError("the token is not a JWT: pass the access_token Login returned") from None
+
+
+async def _login(channel: grpc.aio.Channel, email: str, password: str) -> users_pb2.LoginResponse:
+    users = users_pb2_grpc.UserServiceStub(channel)
+    return await users.Login(
+        users_pb2.LoginRequest(email=email, password=password), timeout=TIMEOUT
+    )
+
+
+async def _demo_login(channel: grpc.aio.Channel) -> str:
     users = users_pb2_grpc.UserServiceStub(channel)
     email = f"demo-{secrets.token_hex(4)}@example.com"
+    password = secrets.token_urlsafe(12)
     reply = await users.CreateUser(
-        users_pb2.CreateUserRequest(
-            email=email, password=secrets.token_urlsafe(12), name="Demo Customer"
-        ),
+        users_pb2.CreateUserRequest(email=email, password=password, name="Demo Customer"),
         timeout=TIMEOUT,
     )
     print(f"registered demo user {reply.user.email} ({reply.user.id})")
-    return reply.user.id
+    return (await _login(channel, email, password)).access_token
+
+
+async def _access_token(
+    ns: argparse.Namespace, env: Mapping[str, str], channel: grpc.aio.Channel, *, demo: bool
+) -> str:
+    """--token / SHOP_TOKEN, else log in with --email/--password, else a new demo user."""
+    token = ns.token or env.get("SHOP_TOKEN")
+    if token:
+        return str(token)
+    email = ns.email or env.get("SHOP_EMAIL")
+    password = ns.password or env.get("SHOP_PASSWORD")
+    if email and password:
+        return (await _login(channel, email, password)).access_token
+    if email or password:
+        raise LookupError("pass both --email and --password (or SHOP_EMAIL and SHOP_PASSWORD)")
+    if demo:
+        return await _demo_login(channel)
+    raise LookupError(
+        "no credentials: pass --email and --password (or --token); create an account with "
+        "shop.users.v1.UserService/CreateUser, or start the shop with SHOP_ADMIN_EMAIL and "
+        "SHOP_ADMIN_PASSWORD set for an admin"
+    )
+
+
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
 
 
 async def _items(channel: grpc.aio.Channel, specs: list[str]) -> list[common_pb2.LineItem]:
+    """Line items for ``PRODUCT[:QTY]`` specs (public catalog reads: no token needed)."""
     catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
     if not specs:
         page = await catalog.ListProducts(
@@ -74,10 +138,16 @@ async def _items(channel: grpc.aio.Channel, specs: list[str]) -> list[common_pb2
     return items
 
 
-async def order(ns: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(ns.addr) as channel:
+async def order(ns: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        channel = _channel(ns)
+    except LookupError as exc:
+        print(f"shop order: {exc}", file=sys.stderr)
+        return 1
+    async with channel:
         try:
-            user_id = ns.user_id or await _demo_user(channel)
+            token = await _access_token(ns, env, channel, demo=True)
+            user_id = ns.user_id or token_subject(token)
             items = await _items(channel, ns.item)
             request = gateway_pb2.ProcessOrderRequest(
                 user_id=user_id,
@@ -88,7 +158,7 @@ async def order(ns: argparse.Namespace) -> int:
                 idempotency_key=ns.idempotency_key or secrets.token_hex(16),
             )
             reply = await gateway_pb2_grpc.GatewayServiceStub(channel).ProcessOrder(
-                request, timeout=30
+                request, timeout=30, metadata=_bearer(token)
             )
         except grpc.aio.AioRpcError as err:
             return _fail(err)
@@ -107,15 +177,54 @@ async def order(ns: argparse.Namespace) -> int:
     return 0
 
 
-async def watch(ns: argparse.Namespace) -> int:
+async def token(ns: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Log in and print the access token (or the whole Login response with --json)."""
+    email = ns.email or env.get("SHOP_EMAIL")
+    password = ns.password or env.get("SHOP_PASSWORD")
+    if not (email and password):
+        print(
+            "shop token: pass --email and --password (or SHOP_EMAIL and SHOP_PASSWORD)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        channel = _channel(ns)
+    except LookupError as exc:
+        print(f"shop token: {exc}", file=sys.stderr)
+        return 1
+    async with channel:
+        try:
+            reply = await _login(channel, email, password)
+        except grpc.aio.AioRpcError as err:
+            print(f"shop token: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    if ns.json:
+        print(json_format.MessageToJson(reply, preserving_proto_field_name=True))
+    else:
+        print(reply.access_token)
+    return 0
+
+
+async def watch(ns: argparse.Namespace, env: Mapping[str, str]) -> int:
     window = duration_pb2.Duration()
     window.FromNanoseconds(int(ns.window * 1e9))
     interval = duration_pb2.Duration()
     interval.FromNanoseconds(int(ns.interval * 1e9))
     request = analytics_pb2.StreamRealTimeMetricsRequest(window=window, interval=interval)
-    async with grpc.aio.insecure_channel(ns.addr) as channel:
+    try:
+        channel = _channel(ns)
+    except LookupError as exc:
+        print(f"shop watch: {exc}", file=sys.stderr)
+        return 1
+    async with channel:
+        try:
+            access = await _access_token(ns, env, channel, demo=True)
+        except (grpc.aio.AioRpcError, LookupError) as err:
+            detail = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+            print(f"shop watch: cannot log in: {detail}", file=sys.stderr)
+            return 1
         stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
-        call = stub.StreamRealTimeMetrics(request)
+        call = stub.StreamRealTimeMetrics(request, metadata=_bearer(access))
         seen = 0
         try:
             async for reply in call:

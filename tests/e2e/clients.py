@@ -1,9 +1,18 @@
-"""Small typed helpers the end-to-end tests share: stubs, a customer, an order request."""
+"""Small typed helpers the end-to-end tests share: stubs, a customer, an order request.
+
+Every shop method needs credentials now (issue 4). :func:`connect` opens a channel that signs
+calls on the tests' behalf, so the flow tests stay about the flow: a request naming a
+``user_id`` goes with that customer's token (registered by :meth:`Stubs.customer`), anything
+else with the admin's (the harness starts the shop with ``SHOP_ADMIN_EMAIL``). The security
+tests (test_security.py) use plain channels and explicit tokens instead.
+"""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -14,6 +23,14 @@ from shop.api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shop.api.orders.v1 import orders_pb2_grpc
 from shop.api.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.api.users.v1 import users_pb2, users_pb2_grpc
+
+ADMIN_EMAIL = "admin@shop.test"
+ADMIN_PASSWORD = "e2e-admin-password"
+PASSWORD = "correct horse"
+#: user id -> access token of the customers the tests registered (tokens outlive restarts:
+#: the signing key is kept in the data dir).
+TOKENS: dict[str, str] = {}
+_ADMIN_TOKENS: dict[str, str] = {}
 
 APPROVE = "4242424242424242"
 DECLINE = "4000000000000002"
@@ -41,12 +58,15 @@ class Stubs:
         )
 
     async def customer(self) -> str:
+        """Register a customer, log in, remember the token; returns the user id."""
+        email = f"c-{secrets.token_hex(5)}@example.com"
         reply = await self.users.CreateUser(
-            users_pb2.CreateUserRequest(
-                email=f"c-{secrets.token_hex(5)}@example.com", password="correct horse", name="C"
-            ),
-            timeout=10,
+            users_pb2.CreateUserRequest(email=email, password=PASSWORD, name="C"), timeout=10
         )
+        login = await self.users.Login(
+            users_pb2.LoginRequest(email=email, password=PASSWORD), timeout=10
+        )
+        TOKENS[reply.user.id] = login.access_token
         return reply.user.id
 
     async def product(self, index: int = 0) -> catalog_pb2.Product:
@@ -72,4 +92,81 @@ def order_request(
             card_number=card, exp_month=12, exp_year=2031, cvc="123"
         ),
         idempotency_key=key or secrets.token_hex(12),
+    )
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying ``token``."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def admin_token(address: str) -> str:
+    """The admin's access token for the shop at ``address`` (logged in once)."""
+    if address not in _ADMIN_TOKENS:
+        async with grpc.aio.insecure_channel(address) as channel:
+            reply = await users_pb2_grpc.UserServiceStub(channel).Login(
+                users_pb2.LoginRequest(email=ADMIN_EMAIL, password=ADMIN_PASSWORD), timeout=10
+            )
+        _ADMIN_TOKENS[address] = reply.access_token
+    return _ADMIN_TOKENS[address]
+
+
+class _ActAs:
+    """Adds ``authorization``: the token of the request's ``user_id``, else the admin's."""
+
+    def __init__(self, users_address: str) -> None:
+        self._address = users_address
+
+    async def _details(self, details: Any, request: Any) -> Any:
+        if details.metadata is not None and any(k == "authorization" for k, _ in details.metadata):
+            return details
+        user_id = getattr(request, "user_id", "") if request is not None else ""
+        token = TOKENS.get(user_id) if user_id else None
+        if token is None:
+            token = await admin_token(self._address)
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *bearer(token))
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+class _UnaryUnary(_ActAs, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        return await continuation(await self._details(details, request), request)
+
+
+class _UnaryStream(_ActAs, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        return await continuation(await self._details(details, request), request)
+
+
+class _StreamUnary(_ActAs, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: Any, requests: Any
+    ) -> Any:
+        return await continuation(await self._details(details, None), requests)
+
+
+class _StreamStream(_ActAs, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: Any, requests: Any
+    ) -> Any:
+        return await continuation(await self._details(details, None), requests)
+
+
+def connect(address: str, *, users: str | None = None) -> grpc.aio.Channel:
+    """A plaintext channel to the shop that authenticates each call (see the module docstring).
+
+    ``users``: where to log the admin in when ``address`` does not serve UserService.
+    """
+    users_address = users or address
+    return grpc.aio.insecure_channel(
+        address,
+        interceptors=[
+            cls(users_address) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+        ],
     )

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import POSTGRES_URL, require_postgres
+from tests.e2e.clients import connect
 from tests.e2e.harness import ShopProcess
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +28,7 @@ def shop(tmp_path: Path) -> Iterator[ShopProcess]:
 
 @pytest.fixture
 async def channel(shop: ShopProcess) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+    async with connect(shop.grpc_address) as ch:
         yield ch
 
 

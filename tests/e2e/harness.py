@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 READY_TIMEOUT = 60.0
+#: Every shop the tests start has this first admin (see tests/e2e/clients.py).
+DEFAULT_ENV = {"SHOP_ADMIN_EMAIL": "admin@shop.test", "SHOP_ADMIN_PASSWORD": "e2e-admin-password"}
 
 
 @dataclass
@@ -46,7 +48,7 @@ class ShopProcess:
             args,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env={**os.environ, **self.env},
+            env={**os.environ, **DEFAULT_ENV, **self.env},
         )
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
         try:

@@ -12,7 +12,7 @@ import pytest
 from shop.api.catalog.v1 import catalog_pb2
 from shop.api.orders.v1 import orders_pb2
 from shop.api.payments.v1 import payments_pb2
-from tests.e2e.clients import Stubs, order_request
+from tests.e2e.clients import Stubs, connect, order_request
 from tests.e2e.harness import ShopProcess
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +28,7 @@ async def _count_products(stubs: Stubs) -> int:
 async def test_data_survives_a_restart(tmp_path: Path) -> None:
     shop = ShopProcess(tmp_path / "data").start()
     try:
-        async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+        async with connect(shop.grpc_address) as ch:
             stubs = Stubs.on(ch)
             user_id, product = await stubs.customer(), await stubs.product()
             paid = await stubs.gateway.ProcessOrder(order_request(user_id, product.id), timeout=15)
@@ -37,7 +37,7 @@ async def test_data_survives_a_restart(tmp_path: Path) -> None:
         assert shop.stop() == 0
     shop = ShopProcess(tmp_path / "data").start()
     try:
-        async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+        async with connect(shop.grpc_address) as ch:
             stubs = Stubs.on(ch)
             order = await stubs.orders.GetOrder(
                 orders_pb2.GetOrderRequest(order_id=paid.order.id), timeout=5
@@ -51,7 +51,7 @@ async def test_data_survives_a_restart(tmp_path: Path) -> None:
 
 async def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path) -> None:
     shop = ShopProcess(tmp_path / "data", ["--payment-latency-ms", "1500"]).start()
-    async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+    async with connect(shop.grpc_address) as ch:
         stubs = Stubs.on(ch)
         user_id, product = await stubs.customer(), await stubs.product()
         call = asyncio.ensure_future(
@@ -79,7 +79,7 @@ async def test_crash_mid_saga_is_recovered_on_restart(
     tmp_path: Path, step: str, final: int
 ) -> None:
     shop = ShopProcess(tmp_path / "data", ["--fault-kill-after", step]).start()
-    async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+    async with connect(shop.grpc_address) as ch:
         stubs = Stubs.on(ch)
         user_id, product = await stubs.customer(), await stubs.product()
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -89,7 +89,7 @@ async def test_crash_mid_saga_is_recovered_on_restart(
 
     shop = ShopProcess(tmp_path / "data").start()
     try:
-        async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+        async with connect(shop.grpc_address) as ch:
             stubs = Stubs.on(ch)
             orders: list[orders_pb2.Order] = []
             for _ in range(100):  # recovery runs at start, in the background: poll, bounded
@@ -117,7 +117,7 @@ async def test_crash_mid_saga_is_recovered_on_restart(
 async def test_runs_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     shop = ShopProcess(tmp_path / "data", ["--database-url", postgres_url]).start()
     try:
-        async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+        async with connect(shop.grpc_address) as ch:
             stubs = Stubs.on(ch)
             user_id, product = await stubs.customer(), await stubs.product()
             reply = await stubs.gateway.ProcessOrder(order_request(user_id, product.id), timeout=15)
@@ -126,7 +126,7 @@ async def test_runs_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
         assert shop.stop() == 0
     shop = ShopProcess(tmp_path / "data", ["--database-url", postgres_url]).start()
     try:
-        async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+        async with connect(shop.grpc_address) as ch:
             stubs = Stubs.on(ch)
             order = await stubs.orders.GetOrder(
                 orders_pb2.GetOrderRequest(order_id=reply.order.id), timeout=5
@@ -146,7 +146,7 @@ async def test_sigterm_under_load_loses_no_accepted_call(tmp_path: Path) -> None
     """
     shop = ShopProcess(tmp_path / "data").start()
     outcomes: list[str] = []
-    async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+    async with connect(shop.grpc_address) as ch:
         stubs = Stubs.on(ch)
         user_id, product = await stubs.customer(), await stubs.product()
         started = asyncio.Event()
@@ -171,7 +171,7 @@ async def test_sigterm_under_load_loses_no_accepted_call(tmp_path: Path) -> None
 
     shop = ShopProcess(tmp_path / "data").start()
     try:
-        async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+        async with connect(shop.grpc_address) as ch:
             listed = await Stubs.on(ch).orders.ListOrders(
                 orders_pb2.ListOrdersRequest(user_id=user_id, page_size=100), timeout=5
             )

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import grpc
 import pytest
 
-from tests.e2e.clients import Stubs, order_request
+from tests.e2e.clients import Stubs, connect, order_request
 from tests.e2e.harness import ShopProcess
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +27,7 @@ async def test_one_order_is_one_trace_in_the_logs(tmp_path: Path) -> None:
     env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "shop-e2e"}
     shop = ShopProcess(tmp_path / "data", env=env).start()
     try:
-        async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
+        async with connect(shop.grpc_address) as ch:
             stubs = Stubs.on(ch)
             user_id, product = await stubs.customer(), await stubs.product()
             reply = await stubs.gateway.ProcessOrder(order_request(user_id, product.id), timeout=15)

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shop.api.orders.v1 import orders_pb2
 from shop.api.payments.v1 import payments_pb2
-from tests.e2e.clients import DECLINE, Stubs, order_request
+from tests.e2e.clients import DECLINE, Stubs, connect, order_request
 from tests.e2e.harness import ShopProcess
 
 pytestmark = pytest.mark.e2e
@@ -31,10 +31,11 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, ShopProcess]]:
         return process.grpc_address
 
     try:
-        catalog = serve("catalog", {})
+        # every service verifies tokens with the users service's public keys
         users = serve("users", {})
-        payments = serve("payments", {})
-        orders = serve("orders", {"catalog": catalog})
+        catalog = serve("catalog", {"users": users})
+        payments = serve("payments", {"users": users})
+        orders = serve("orders", {"catalog": catalog, "users": users})
         # The gateway takes one peer from the environment, to cover SHOP_<PEER>_ADDR.
         serve(
             "gateway",
@@ -48,7 +49,8 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, ShopProcess]]:
 
 
 async def test_order_saga_across_processes(cluster: dict[str, ShopProcess]) -> None:
-    channels = {name: grpc.aio.insecure_channel(p.grpc_address) for name, p in cluster.items()}
+    users_address = cluster["users"].grpc_address
+    channels = {name: connect(p.grpc_address, users=users_address) for name, p in cluster.items()}
     try:
         users, catalog = Stubs.on(channels["users"]), Stubs.on(channels["catalog"])
         gateway, orders = Stubs.on(channels["gateway"]), Stubs.on(channels["orders"])

@@ -12,6 +12,7 @@ import grpckit
 
 PUBLIC_MODULES = [
     "grpckit",
+    "grpckit.auth",
     "grpckit.call",
     "grpckit.client",
     "grpckit.defaults",
@@ -22,6 +23,7 @@ PUBLIC_MODULES = [
     "grpckit.middleware",
     "grpckit.ratelimit",
     "grpckit.server",
+    "grpckit.tls",
     "grpckit.tracing",
     "grpckit.testing",
 ]

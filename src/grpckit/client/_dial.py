@@ -1,4 +1,4 @@
-"""dial: an insecure grpc.aio channel with deadline and request-id propagation."""
+"""dial: a grpc.aio channel (plaintext or TLS) with deadline and request-id propagation."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from grpckit.client._deadline import propagation_interceptors
+from grpckit.tls import ClientTls, channel_credentials, channel_options
 
 __all__ = ["dial"]
 
@@ -19,8 +20,12 @@ def dial(
     options: Sequence[tuple[str, Any]] = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     compression: grpc.Compression | None = None,
+    tls: ClientTls | None = None,
 ) -> grpc.aio.Channel:
-    """Open an insecure channel to ``target`` (``host:port``, ``dns:///name:port`` ...).
+    """Open a channel to ``target`` (``host:port``, ``dns:///name:port`` ...).
+
+    Plaintext by default; with ``tls`` a TLS channel (mTLS when it carries a client
+    certificate), its files read now, so channels opened after a rotation use the new files.
 
     Calls without a timeout get ``default_timeout`` (``None``: no default); calls made inside a
     grpckit handler never outlive the incoming call and forward its ``x-request-id``.
@@ -31,10 +36,18 @@ def dial(
         async with dial("127.0.0.1:50051", default_timeout=2.0) as channel:
             stub = ping_pb2_grpc.PingServiceStub(channel)
             reply = await stub.Ping(ping_pb2.PingRequest(message="hi"))
+
+        channel = dial("localhost:50051", tls=ClientTls.from_dir(Path(".shop/certs")))
     """
-    return grpc.aio.insecure_channel(
+    chain = [*propagation_interceptors(default_timeout), *interceptors]
+    if tls is None:
+        return grpc.aio.insecure_channel(
+            target, options=list(options), compression=compression, interceptors=chain
+        )
+    return grpc.aio.secure_channel(
         target,
-        options=list(options),
+        channel_credentials(tls),
+        options=[*channel_options(tls), *options],
         compression=compression,
-        interceptors=[*propagation_interceptors(default_timeout), *interceptors],
+        interceptors=chain,
     )

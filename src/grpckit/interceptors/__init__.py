@@ -5,6 +5,13 @@ Recommended order: ``recovery() → tracing() → logging() → metrics() → de
 handler.
 """
 
+from grpckit.interceptors._audit import (
+    AuditRecord,
+    AuditSink,
+    audit,
+    default_resource,
+    state_changing,
+)
 from grpckit.interceptors._deadlines import deadlines
 from grpckit.interceptors._logging import logging
 from grpckit.interceptors._metrics import metrics
@@ -14,14 +21,19 @@ from grpckit.interceptors._tracing import tracing
 from grpckit.interceptors._validation import validation
 
 __all__ = [
+    "AuditRecord",
+    "AuditSink",
+    "audit",
     "by_metadata",
     "by_method",
     "by_peer_ip",
     "deadlines",
+    "default_resource",
     "logging",
     "metrics",
     "rate_limit",
     "recovery",
+    "state_changing",
     "tracing",
     "validation",
 ]

@@ -27,6 +27,7 @@ from grpckit.middleware import Interceptor
 from grpckit.server._adapter import Adapter
 from grpckit.server._config import ServerConfig
 from grpckit.server._health import HealthCheck, HealthState
+from grpckit.tls import server_credentials
 
 __all__ = ["App"]
 
@@ -149,7 +150,10 @@ class App:
         address = self.config.bind_address
         if self._port is not None:  # reserved before the loop ran
             address = dataclasses.replace(self.config, port=self._port).bind_address
-        port = server.add_insecure_port(address)
+        if self.config.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, server_credentials(self.config.tls))
         if port == 0:
             raise OSError(f"could not bind {address}")
         self._port = port
@@ -206,7 +210,12 @@ class App:
         await server.start()
         self._started = True
         await self._health.serve()
-        self._log.info("app.started", address=self.address, services=self._service_names)
+        self._log.info(
+            "app.started",
+            address=self.address,
+            services=self._service_names,
+            tls=_tls_mode(self.config),
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop; safe to call many times and from many tasks."""
@@ -321,6 +330,12 @@ class App:
         self._pending.clear()
         self._server = server
         return server
+
+
+def _tls_mode(config: ServerConfig) -> str:
+    if config.tls is None:
+        return "off"
+    return "mtls" if config.tls.require_client_cert else "tls"
 
 
 def _loop_running() -> bool:

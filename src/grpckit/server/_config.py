@@ -7,6 +7,8 @@ from typing import Any
 
 import grpc
 
+from grpckit.tls import ServerTls
+
 __all__ = ["ServerConfig"]
 
 _MIB = 1024 * 1024
@@ -21,9 +23,12 @@ class ServerConfig:
     10 s (gRPC's own default of 5 minutes makes typical client keepalive settings fail with
     ``too_many_pings``).
 
+    ``tls`` serves TLS (mTLS when it requires client certificates) instead of plaintext.
+
     Example::
 
         App(ServerConfig(host="0.0.0.0", port=50051, grace_period=5.0))
+        App(ServerConfig(port=50051, tls=ServerTls.from_dir(Path(".shop/certs"), mtls=True)))
     """
 
     host: str = "127.0.0.1"
@@ -38,6 +43,7 @@ class ServerConfig:
     keepalive_permit_without_calls: bool = True
     http2_min_recv_ping_interval_without_data_ms: int = 10_000
     reuse_port: bool = False
+    tls: ServerTls | None = None
 
     def grpc_options(self) -> list[tuple[str, Any]]:
         """The channel arguments passed to ``grpc.aio.server``."""
@@ -57,7 +63,7 @@ class ServerConfig:
 
     @property
     def bind_address(self) -> str:
-        """``host:port`` as given to ``add_insecure_port`` (IPv6 hosts get brackets)."""
+        """``host:port`` to bind (IPv6 hosts get brackets)."""
         host = self.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"

@@ -7,7 +7,7 @@ frozen values; services never read the environment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,8 @@ import sqlalchemy as sa
 import structlog
 
 from grpckit import dial, get_logger
+from grpckit.auth import credential_interceptors
+from grpckit.tls import ClientTls
 from shop.common.bus import EventBus
 from shop.common.db import Database, database_url
 from shop.common.outbox import OutboxRelay
@@ -37,6 +39,20 @@ class Settings:
     saga_timeout: float = 30.0
     call_timeout: float = 5.0
     grace_period: float = 10.0
+    #: The first admin, created at start when both are set (SHOP_ADMIN_EMAIL/PASSWORD).
+    admin_email: str | None = None
+    admin_password: str | None = field(default=None, repr=False)
+    #: Directory from ``shop certs``: serve TLS only, and dial peers with TLS.
+    tls_dir: Path | None = None
+    #: Require client certificates signed by the CA in ``tls_dir``.
+    mtls: bool = False
+    #: Redis for shared rate limits (and, later, the shared cache); None: per process.
+    redis_url: str | None = None
+    #: The key that signs service tokens; every process of a deployment needs the same one.
+    #: Default: ``<data_dir>/keys/service-ed25519.pem``.
+    service_key_file: Path | None = None
+    #: Rate limiting on (Login per email and address, per-user budgets).
+    rate_limits: bool = True
 
     def __post_init__(self) -> None:
         if self.fault_kill_after is not None and self.fault_kill_after not in SAGA_STEPS:
@@ -46,6 +62,8 @@ class Settings:
             )
         if not 0.0 <= self.payment_failure_rate <= 1.0:
             raise ValueError("payment_failure_rate must be between 0 and 1")
+        if self.mtls and self.tls_dir is None:
+            raise ValueError("--mtls needs --tls-dir (create one with `shop certs --out DIR`)")
         if self.payment_latency_ms < 0:
             raise ValueError("payment_latency_ms must not be negative")
 
@@ -60,9 +78,23 @@ class ServiceContext:
     logger: structlog.stdlib.BoundLogger = field(default_factory=lambda: get_logger("shop"))
     #: Added to every peer channel (client metrics, tracing), after dial's own propagation.
     client_interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+    #: TLS for peer channels (``None``: plaintext).
+    client_tls: ClientTls | None = None
+    #: This process's service token (``None`` when mTLS certificates identify services).
+    service_token: Callable[[], str] | None = None
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     _databases: dict[str, Database] = field(default_factory=dict)
     _relays: list[OutboxRelay] = field(default_factory=list)
+    _revocation_listeners: list[Callable[[str], None]] = field(default_factory=list)
+
+    def on_subject_revoked(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(user_id)`` when a user is disabled or deleted in this process."""
+        self._revocation_listeners.append(listener)
+
+    def subject_revoked(self, user_id: str) -> None:
+        """Tell this process's verifiers that ``user_id``'s tokens must stop working now."""
+        for listener in self._revocation_listeners:
+            listener(user_id)
 
     def database(self, service: str) -> Database:
         """The service's database (one per service and process; opened lazily)."""
@@ -74,20 +106,40 @@ class ServiceContext:
         return self._databases[service]
 
     def channel(self, peer: str) -> grpc.aio.Channel:
-        """A channel to a peer service, with the default call timeout."""
-        if peer not in self._channels:
+        """A channel to a peer service, with the default call timeout.
+
+        Calls made inside a served call forward the caller's access token, so the peer's
+        policies apply to that user, and carry this service's identity (its mTLS certificate,
+        or a short-lived service token).
+        """
+        return self._dial(peer, forward_user=True)
+
+    def internal_channel(self, peer: str) -> grpc.aio.Channel:
+        """Like :meth:`channel`, but calls carry only the service identity (never a user's
+        token): for the process's own checks such as account status and key fetches."""
+        return self._dial(peer, forward_user=False)
+
+    def _dial(self, peer: str, *, forward_user: bool) -> grpc.aio.Channel:
+        key = f"{peer}|{'user' if forward_user else 'service'}"
+        if key not in self._channels:
             try:
                 target = self.peers[peer]
             except KeyError:
                 raise LookupError(
                     f"no address for peer {peer!r}: pass --{peer}-addr or SHOP_{peer.upper()}_ADDR"
                 ) from None
-            self._channels[peer] = dial(
+            self._channels[key] = dial(
                 target,
                 default_timeout=self.settings.call_timeout,
-                interceptors=self.client_interceptors,
+                tls=self.client_tls,
+                interceptors=[
+                    *self.client_interceptors,
+                    *credential_interceptors(
+                        service_token=self.service_token, forward_user=forward_user
+                    ),
+                ],
             )
-        return self._channels[peer]
+        return self._channels[key]
 
     def start_outbox_relay(self, db: Database, table: sa.Table) -> OutboxRelay:
         """Start publishing a service's outbox to the bus; stopped by ``close()``."""

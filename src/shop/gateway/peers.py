@@ -37,8 +37,10 @@ class Peers(Protocol):
     async def reserve_stock(self, order_id: str, items: Sequence[LineItem]) -> None: ...
 
     async def process_payment(
-        self, order_id: str, amount: Money, card: Card, idempotency_key: str
-    ) -> payments_pb2.Payment: ...
+        self, order_id: str, amount: Money, card: Card, idempotency_key: str, *, user_id: str
+    ) -> payments_pb2.Payment:
+        """Charge ``card``; ``user_id`` (the order's customer) is recorded with the payment."""
+        ...
 
     async def mark_order_paid(self, order_id: str, payment_id: str) -> orders_pb2.Order: ...
 
@@ -112,14 +114,14 @@ class GrpcPeers:
         await _call(lambda: self.catalog.ReserveStock(request, timeout=self.timeout))
 
     async def process_payment(
-        self, order_id: str, amount: Money, card: Card, idempotency_key: str
+        self, order_id: str, amount: Money, card: Card, idempotency_key: str, *, user_id: str
     ) -> payments_pb2.Payment:
         method = payments_pb2.PaymentMethod(
             card_number=card.number, exp_month=card.exp_month, exp_year=card.exp_year, cvc=card.cvc
         )
         request = payments_pb2.ProcessPaymentRequest(
             order_id=order_id, amount=to_proto(amount), method=method,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, user_id=user_id,
         )  # fmt: skip
         reply = await _call(lambda: self.payments.ProcessPayment(request, timeout=self.timeout))
         return reply.payment

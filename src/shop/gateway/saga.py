@@ -252,10 +252,10 @@ class OrderSaga:
         await self._step(saga, Step.RESERVE_STOCK, peers.reserve_stock(order.id, saga.items))
         saga.progress = replace(saga.progress, stock_held=True)
         await self._advance(saga, Step.RESERVE_STOCK)
-        payment = await self._step(
-            saga, Step.PROCESS_PAYMENT,
-            peers.process_payment(order.id, saga.amount, request.card, payment_key(saga.id)),
-        )  # fmt: skip
+        charge = peers.process_payment(
+            order.id, saga.amount, request.card, payment_key(saga.id), user_id=order.user_id
+        )
+        payment = await self._step(saga, Step.PROCESS_PAYMENT, charge)
         saga.progress = replace(saga.progress, payment_id=payment.id)
         await self._advance(saga, Step.PROCESS_PAYMENT)
         await detached(self.complete(saga, payment))

@@ -1,6 +1,8 @@
 """The GatewayService servicer: validates, runs the saga, joins order details.
 
 Domain errors become status errors in :func:`to_status_error`, the one place for that mapping.
+GetOrderDetails shows a customer their own orders only: another's is NOT_FOUND exactly as the
+orders service reports an unknown id, and nothing else about it is fetched.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from grpckit.errors import StatusError, invalid_argument
+from grpckit.auth._principal import current_principal
+from grpckit.errors import StatusError, invalid_argument, not_found
 from shop.api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shop.api.orders.v1 import orders_pb2
 from shop.api.payments.v1 import payments_pb2
 from shop.api.users.v1 import users_pb2
 from shop.common.ids import is_id
 from shop.gateway.domain import IdempotencyKeyReusedError, SagaInProgressError
-from shop.gateway.errors import dependency_unavailable, to_status_error
+from shop.gateway.errors import DOMAIN, dependency_unavailable, to_status_error
 from shop.gateway.saga import OrderSaga
 from shop.gateway.validation import parse_process_order
 
@@ -61,7 +64,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise invalid_argument(
                 "the order id is invalid", [("order_id", "must be an order id (UUID)")]
             )
-        order = await _read("get_order", self._peers.get_order(request.order_id))
+        order = _visible(await _read("get_order", self._peers.get_order(request.order_id)))
         response = gateway_pb2.GetOrderDetailsResponse(order=order)
         payment = await self._payment(order)
         if payment is not None:
@@ -78,6 +81,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if not payments:
             return None
         return max(payments, key=lambda p: (p.created_at.seconds, p.created_at.nanos))
+
+
+def _visible(order: orders_pb2.Order) -> orders_pb2.Order:
+    """``order`` if the caller may see it (its owner, an admin, a service), else NOT_FOUND as
+    for an unknown id. Without an authenticated principal (no authentication interceptor, as
+    in-process) it may."""
+    principal = current_principal()
+    if principal is not None and not principal.may_access(order.user_id):
+        raise not_found(
+            f"order {order.id} not found",
+            resource_type="order",
+            resource_name=order.id,
+            reason="ORDER_NOT_FOUND",
+            domain=DOMAIN,
+        )
+    return order
 
 
 async def _read(step: str, call: Awaitable[T]) -> T:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from grpckit import StatusError
+from grpckit.auth._principal import current_principal
 from grpckit.errors import not_found
 from shop.api.catalog.v1 import catalog_pb2
 from shop.api.orders.v1 import orders_pb2, orders_pb2_grpc
@@ -17,7 +18,7 @@ from shop.common import money
 from shop.common.money import Money
 from shop.orders import validation
 from shop.orders.convert import order_to_proto
-from shop.orders.domain import LineRequest, price_items
+from shop.orders.domain import LineRequest, Order, OrderNotFoundError, price_items
 from shop.orders.errors import DOMAIN, status_errors
 from shop.orders.store import OrdersStore
 
@@ -27,11 +28,23 @@ if TYPE_CHECKING:
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def _visible(order: Order) -> Order:
+    """``order`` if the caller may see it (its owner, an admin, a service), else as unknown.
+
+    Without an authenticated principal (no authentication interceptor, as in-process) it may.
+    """
+    principal = current_principal()
+    if principal is not None and not principal.may_access(order.user_id):
+        raise OrderNotFoundError(order.id)
+    return order
+
+
 class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
     """The OrderService. Prices orders through the catalog's ``BatchGetProducts``.
 
     ``watch_interval`` is how often WatchOrder re-reads an order it has no in-process signal
-    for (changes made by another process).
+    for (changes made by another process). GetOrder and WatchOrder show a customer their own
+    orders only: another's is NOT_FOUND, exactly as an unknown id.
     """
 
     def __init__(
@@ -62,7 +75,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
     ) -> orders_pb2.GetOrderResponse:
         order_id = validation.order_id(request.order_id)
         with status_errors():
-            order = await self._store.get(order_id)
+            order = _visible(await self._store.get(order_id))
         return orders_pb2.GetOrderResponse(order=order_to_proto(order))
 
     async def MarkOrderPaid(
@@ -109,7 +122,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         order_id = validation.order_id(request.order_id)
         # Watch before the first read, so a change between the read and the wait is not missed.
         with status_errors(), self._store.changes.watch(order_id) as changed:
-            order = await self._store.get(order_id)
+            order = _visible(await self._store.get(order_id))
             yield orders_pb2.WatchOrderResponse(order=order_to_proto(order))
             while not order.status.terminal:
                 with contextlib.suppress(TimeoutError):

@@ -35,4 +35,5 @@ def payment_to_proto(payment: Payment) -> payments_pb2.Payment:
         created_at=timestamp(payment.created_at),
         updated_at=timestamp(payment.updated_at),
         refund_reason=payment.refund_reason,
+        user_id=payment.user_id,
     )

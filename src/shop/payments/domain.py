@@ -66,7 +66,11 @@ class Card:
 
 @dataclass(frozen=True)
 class Payment:
-    """A payment attempt as stored (``charge_id`` is the provider's reference)."""
+    """A payment attempt as stored (``charge_id`` is the provider's reference).
+
+    ``user_id`` is the customer the payment is for: the only customer who may read it (empty
+    for payments recorded before it was: then only admins and services may).
+    """
 
     id: str
     order_id: str
@@ -78,6 +82,7 @@ class Payment:
     decline_code: str = ""
     refund_reason: str = ""
     charge_id: str = ""
+    user_id: str = ""
 
 
 class PaymentError(Exception):

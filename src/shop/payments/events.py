@@ -22,6 +22,7 @@ def payment_event(kind: events_pb2.EventType.ValueType, payment: Payment) -> eve
         occurred_at=occurred_at,
         source=SOURCE,
         order_id=payment.order_id,
+        user_id=payment.user_id,
         payment_id=payment.id,
         amount=money.to_proto(payment.amount),
         decline_code=payment.decline_code,

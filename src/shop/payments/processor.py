@@ -44,10 +44,15 @@ class PaymentProcessor:
         self._poll_interval = poll_interval
 
     async def process(
-        self, order_id: str, amount: Money, card: Card, idempotency_key: str
+        self, order_id: str, amount: Money, card: Card, idempotency_key: str, *, user_id: str = ""
     ) -> Payment:
-        """Charge ``card`` once for ``idempotency_key``; a decline raises ``PaymentDeclinedError``."""
-        payment, owned = await self._store.claim(idempotency_key, order_id, amount, card.last4)
+        """Charge ``card`` once for ``idempotency_key``; a decline raises ``PaymentDeclinedError``.
+
+        ``user_id`` (the customer, may be empty) is stored with a new payment.
+        """
+        payment, owned = await self._store.claim(
+            idempotency_key, order_id, amount, card.last4, user_id=user_id
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait
         delay = self._poll_interval
@@ -59,7 +64,7 @@ class PaymentProcessor:
             found, owned = await self._store.reclaim(payment.id)
             if found is None:  # the owner released the key: the charge did not happen
                 found, owned = await self._store.claim(
-                    idempotency_key, order_id, amount, card.last4
+                    idempotency_key, order_id, amount, card.last4, user_id=user_id
                 )
             payment = found
         if owned:

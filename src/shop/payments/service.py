@@ -8,9 +8,11 @@ from typing import Any
 
 import grpc
 
+from grpckit.auth._principal import current_principal
 from shop.api.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.payments import validation
 from shop.payments.convert import payment_to_proto
+from shop.payments.domain import Payment, PaymentNotFoundError
 from shop.payments.errors import status_errors
 from shop.payments.processor import PaymentProcessor
 from shop.payments.store import PaymentsStore
@@ -22,8 +24,24 @@ def _today() -> date:
     return datetime.now(UTC).date()
 
 
+def _visible(payment: Payment) -> Payment:
+    """``payment`` if the caller may see it (its owner, an admin, a service), else as unknown.
+
+    A payment without ``user_id`` is for admins and services only. Without an authenticated
+    principal (no authentication interceptor, as in-process) it may be seen.
+    """
+    principal = current_principal()
+    if principal is not None and not principal.may_access(payment.user_id):
+        raise PaymentNotFoundError(payment.id)
+    return payment
+
+
 class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
-    """The PaymentService. Card numbers and CVCs are never stored or logged."""
+    """The PaymentService. Card numbers and CVCs are never stored or logged.
+
+    GetPayment shows a customer their own payments only: another's is NOT_FOUND, exactly as an
+    unknown id (its existence is not revealed).
+    """
 
     def __init__(
         self,
@@ -39,9 +57,9 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def ProcessPayment(
         self, request: payments_pb2.ProcessPaymentRequest, context: Context
     ) -> payments_pb2.ProcessPaymentResponse:
-        order_id, amount, card, key = validation.process_payment(request, self._today())
+        order_id, amount, card, key, user_id = validation.process_payment(request, self._today())
         with status_errors():
-            payment = await self._processor.process(order_id, amount, card, key)
+            payment = await self._processor.process(order_id, amount, card, key, user_id=user_id)
         return payments_pb2.ProcessPaymentResponse(payment=payment_to_proto(payment))
 
     async def RefundPayment(
@@ -57,7 +75,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     ) -> payments_pb2.GetPaymentResponse:
         payment_id = validation.payment_id(request.payment_id)
         with status_errors():
-            payment = await self._store.get(payment_id)
+            payment = _visible(await self._store.get(payment_id))
         return payments_pb2.GetPaymentResponse(payment=payment_to_proto(payment))
 
     async def ListPayments(

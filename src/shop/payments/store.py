@@ -54,6 +54,8 @@ payments = sa.Table(
     sa.Column("lease_until_us", sa.BigInteger, nullable=True),
     sa.Column("created_at_us", sa.BigInteger, nullable=False),
     sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+    # The customer the payment is for (NULL for payments made before it was recorded).
+    sa.Column("user_id", sa.String(36), nullable=True),
     sa.Index("ix_payments_order_created", "order_id", "created_at_us"),
     sa.Index("ix_payments_created", "created_at_us"),
 )
@@ -65,7 +67,19 @@ def _create_all(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
-MIGRATIONS: list[Migration] = [Migration(1, "payments and the outbox", _create_all)]
+def _add_user_id(conn: Connection) -> None:
+    """Add ``payments.user_id`` to a database created before it existed.
+
+    Migration 1 creates the tables as they are now, so a new database has the column already.
+    """
+    if "user_id" not in {column["name"] for column in sa.inspect(conn).get_columns("payments")}:
+        conn.execute(sa.text("ALTER TABLE payments ADD COLUMN user_id VARCHAR(36)"))
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "payments and the outbox", _create_all),
+    Migration(2, "payments.user_id (nullable)", _add_user_id),
+]
 
 _PROCESSING = PaymentStatus.PROCESSING.value
 
@@ -87,12 +101,19 @@ class PaymentsStore:
         self._on_events = on_events
 
     async def claim(
-        self, idempotency_key: str, order_id: str, amount: Money, card_last4: str
+        self,
+        idempotency_key: str,
+        order_id: str,
+        amount: Money,
+        card_last4: str,
+        *,
+        user_id: str = "",
     ) -> tuple[Payment, bool]:
         """The payment of ``idempotency_key`` and whether this caller now owns its charge.
 
-        Inserts a PROCESSING row when the key is new (owned). An existing row is returned as
-        it is (not owned), unless it is PROCESSING with an expired lease: then it is taken over.
+        Inserts a PROCESSING row when the key is new (owned), recording ``user_id`` (the
+        customer; empty: unknown). An existing row is returned as it is (not owned), unless it
+        is PROCESSING with an expired lease: then it is taken over.
         """
         now = self._clock()
         try:
@@ -101,7 +122,14 @@ class PaymentsStore:
                 if row is not None:
                     return await self._take_over_if_stale(session, row, now)
                 payment = Payment(
-                    new_id(), order_id, amount, PaymentStatus.PROCESSING, card_last4, now, now
+                    new_id(),
+                    order_id,
+                    amount,
+                    PaymentStatus.PROCESSING,
+                    card_last4,
+                    now,
+                    now,
+                    user_id=user_id,
                 )
                 values = self._values(payment, idempotency_key, now)
                 await session.execute(payments.insert().values(values))
@@ -260,6 +288,7 @@ class PaymentsStore:
             "lease_until_us": to_micros(now + self._lease),
             "created_at_us": to_micros(payment.created_at),
             "updated_at_us": to_micros(payment.updated_at),
+            "user_id": payment.user_id or None,
         }
 
     async def _get(self, session: AsyncSession, payment_id: str) -> Payment:
@@ -284,4 +313,5 @@ def _payment(row: Any) -> Payment:
         decline_code=row.decline_code,
         refund_reason=row.refund_reason,
         charge_id=row.charge_id,
+        user_id=row.user_id or "",
     )

@@ -64,8 +64,11 @@ def _card(violations: Violations, method: payments_pb2.PaymentMethod, today: dat
 
 def process_payment(
     request: payments_pb2.ProcessPaymentRequest, today: date
-) -> tuple[str, Money, Card, str]:
-    """(order_id, amount, card, idempotency_key) of a ProcessPayment request."""
+) -> tuple[str, Money, Card, str, str]:
+    """(order_id, amount, card, idempotency_key, user_id) of a ProcessPayment request.
+
+    ``user_id`` is optional (empty: not recorded); when set it must be a UUID.
+    """
     violations: Violations = []
     check_id(violations, "order_id", request.order_id)
     amount = _amount(violations, request)
@@ -74,8 +77,10 @@ def process_payment(
         violations.append(
             ("idempotency_key", f"idempotency_key is 1 to {MAX_IDEMPOTENCY_KEY} characters")
         )
+    if request.user_id:
+        check_id(violations, "user_id", request.user_id)
     raise_if_any(violations, "invalid payment")
-    return request.order_id, amount, card, request.idempotency_key
+    return request.order_id, amount, card, request.idempotency_key, request.user_id
 
 
 def refund_payment(request: payments_pb2.RefundPaymentRequest) -> tuple[str, str]:

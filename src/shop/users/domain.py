@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -18,6 +18,8 @@ MAX_PASSWORD_LENGTH = 1024  # bounds the hashing work one request can cause
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 100
 DEFAULT_ROLES = ("customer",)
+#: The role that may act on any account (granted to the first admin at start).
+ADMIN_ROLE = "admin"
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 
@@ -62,14 +64,6 @@ class InvalidCredentialsError(UsersError):
 
     def __init__(self) -> None:
         super().__init__("email or password is incorrect")
-
-
-class UserDisabledError(UsersError):
-    """The account exists, the password matched, but the account is disabled."""
-
-    def __init__(self, user_id: str) -> None:
-        super().__init__("this account is disabled")
-        self.user_id = user_id
 
 
 class PasswordVerifier(Protocol):
@@ -122,13 +116,21 @@ def _password_too_long(password: str) -> list[Violation]:
     return []
 
 
-def new_user(*, user_id: str, email: str, name: str, password_hash: str, now: datetime) -> User:
-    """A fresh, active customer account."""
+def new_user(
+    *,
+    user_id: str,
+    email: str,
+    name: str,
+    password_hash: str,
+    now: datetime,
+    roles: tuple[str, ...] = DEFAULT_ROLES,
+) -> User:
+    """A fresh, active account (a customer unless ``roles`` says otherwise)."""
     return User(
         id=user_id,
         email=normalize_email(email),
         name=name.strip(),
-        roles=DEFAULT_ROLES,
+        roles=roles,
         created_at=now,
         active=True,
         password_hash=password_hash,
@@ -139,16 +141,19 @@ def authenticate(user: User | None, password: str, hasher: PasswordVerifier) -> 
     """Check a login attempt; ``user`` is whoever owns the email, if anyone.
 
     A hash is verified even for an unknown email, so the response time does not reveal
-    which emails have accounts. A disabled account is reported only to whoever knows
-    its password.
+    which emails have accounts; a disabled account fails the same way, after the same work,
+    so the answer never says which part was wrong.
     """
     encoded = user.password_hash if user is not None else hasher.dummy_hash
     matched = hasher.verify(password, encoded)
-    if user is None or not matched:
+    if user is None or not matched or not user.active:
         raise InvalidCredentialsError()
-    if not user.active:
-        raise UserDisabledError(user.id)
     return user
+
+
+def with_role(user: User, role: str) -> User:
+    """``user`` holding ``role`` too (the same value when it already does)."""
+    return user if role in user.roles else replace(user, roles=(*user.roles, role))
 
 
 def validity(user: User | None) -> str:

@@ -1,13 +1,15 @@
 """The one place where users domain errors become gRPC statuses.
 
-=====================  ===================  ==================
-domain error           code                 ErrorInfo.reason
-=====================  ===================  ==================
-EmailTakenError        ALREADY_EXISTS       EMAIL_TAKEN
-UserNotFoundError      NOT_FOUND            USER_NOT_FOUND
-InvalidCredentials...  UNAUTHENTICATED      INVALID_CREDENTIALS
-UserDisabledError      PERMISSION_DENIED    USER_DISABLED
-=====================  ===================  ==================
+========================  ===============  =====================
+domain error              code             ErrorInfo.reason
+========================  ===============  =====================
+EmailTakenError           ALREADY_EXISTS   EMAIL_TAKEN
+UserNotFoundError         NOT_FOUND        USER_NOT_FOUND
+InvalidCredentialsError   UNAUTHENTICATED  INVALID_CREDENTIALS
+RefreshTokenInvalidError  UNAUTHENTICATED  REFRESH_TOKEN_INVALID
+RefreshTokenExpiredError  UNAUTHENTICATED  REFRESH_TOKEN_EXPIRED
+RefreshTokenReusedError   UNAUTHENTICATED  REFRESH_TOKEN_REUSED
+========================  ===============  =====================
 
 Every ErrorInfo carries ``domain="shop"``.
 """
@@ -18,13 +20,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from grpckit import StatusError
-from grpckit.errors import already_exists, not_found, permission_denied, unauthenticated
+from grpckit.errors import already_exists, not_found, unauthenticated
 from shop.users.domain import (
     EmailTakenError,
     InvalidCredentialsError,
-    UserDisabledError,
     UserNotFoundError,
     UsersError,
+)
+from shop.users.refresh import (
+    RefreshTokenExpiredError,
+    RefreshTokenInvalidError,
+    RefreshTokenReusedError,
 )
 
 DOMAIN = "shop"
@@ -46,8 +52,12 @@ def to_status(error: UsersError) -> StatusError:
             )
         case InvalidCredentialsError():
             return unauthenticated(message, reason="INVALID_CREDENTIALS", domain=DOMAIN)
-        case UserDisabledError():
-            return permission_denied(message, reason="USER_DISABLED", domain=DOMAIN)
+        case RefreshTokenInvalidError():
+            return unauthenticated(message, reason="REFRESH_TOKEN_INVALID", domain=DOMAIN)
+        case RefreshTokenExpiredError():
+            return unauthenticated(message, reason="REFRESH_TOKEN_EXPIRED", domain=DOMAIN)
+        case RefreshTokenReusedError():
+            return unauthenticated(message, reason="REFRESH_TOKEN_REUSED", domain=DOMAIN)
     raise error
 
 

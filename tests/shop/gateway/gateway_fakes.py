@@ -153,7 +153,7 @@ class FakePeers:
         self._leave("release_stock")
 
     async def process_payment(
-        self, order_id: str, amount: Money, card: Card, idempotency_key: str
+        self, order_id: str, amount: Money, card: Card, idempotency_key: str, *, user_id: str = ""
     ) -> payments_pb2.Payment:
         self._enter("process_payment", order_id, idempotency_key)
         if idempotency_key not in self.payment_keys:
@@ -161,6 +161,7 @@ class FakePeers:
             payment = payments_pb2.Payment(
                 id=new_id(),
                 order_id=order_id,
+                user_id=user_id,
                 amount=to_proto(amount),
                 card_last4=card.number[-4:],
                 status=payments_pb2.PAYMENT_STATUS_DECLINED

@@ -90,7 +90,11 @@ class Payments(payments_pb2_grpc.PaymentServiceServicer):
         m = request.method
         card = Card(m.card_number, m.exp_month, m.exp_year, m.cvc)
         payment = await self.peers.process_payment(
-            request.order_id, from_proto(request.amount), card, request.idempotency_key
+            request.order_id,
+            from_proto(request.amount),
+            card,
+            request.idempotency_key,
+            user_id=request.user_id,
         )
         return payments_pb2.ProcessPaymentResponse(payment=payment)
 
@@ -172,6 +176,7 @@ async def test_process_order_and_details(gateway: Gateway) -> None:
     reply = await gateway.stub.ProcessOrder(gateway.request(quantity=2))
     assert reply.order.status == orders_pb2.ORDER_STATUS_PAID
     assert reply.payment.status == payments_pb2.PAYMENT_STATUS_CAPTURED
+    assert reply.payment.user_id == reply.order.user_id == gateway.user_id  # sent to payments
     assert gateway.peers.stock[gateway.product_id] == 3
     again = await gateway.stub.ProcessOrder(gateway.request(quantity=2))
     assert again == reply

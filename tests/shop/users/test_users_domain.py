@@ -1,16 +1,16 @@
-"""Users domain rules, password hashing and tokens: pure, in memory."""
+"""Users domain rules, password hashing and refresh tokens: pure, in memory."""
 
 from __future__ import annotations
 
 import doctest
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 
 import pytest
 
-from shop.users import domain, passwords, tokens
+from shop.users import domain, passwords, refresh
 from shop.users.passwords import ScryptHasher
-from shop.users.tokens import InvalidTokenError, TokenIssuer
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 FAST = ScryptHasher(cost=2**4)
@@ -74,12 +74,17 @@ def test_authenticate_does_not_say_which_part_was_wrong(
         domain.authenticate(user, password, FAST)
 
 
-def test_disabled_account_is_reported_only_with_the_right_password() -> None:
-    disabled = make_user(active=False)
-    with pytest.raises(domain.UserDisabledError):
-        domain.authenticate(disabled, "s3cret-pass", FAST)
-    with pytest.raises(domain.InvalidCredentialsError):
-        domain.authenticate(disabled, "wrong-pass", FAST)
+@pytest.mark.parametrize("password", ["s3cret-pass", "wrong-pass"])
+def test_a_disabled_account_fails_like_bad_credentials(password: str) -> None:
+    with pytest.raises(domain.InvalidCredentialsError, match="email or password is incorrect"):
+        domain.authenticate(make_user(active=False), password, FAST)
+
+
+def test_with_role_adds_a_role_once() -> None:
+    user = make_user()
+    admin = domain.with_role(user, "admin")
+    assert admin.roles == ("customer", "admin")
+    assert domain.with_role(admin, "admin") is admin
 
 
 def test_validity_reasons() -> None:
@@ -106,39 +111,55 @@ def test_hasher_rejects_a_cost_that_is_not_a_power_of_two() -> None:
         ScryptHasher(cost=1000)
 
 
-def test_token_round_trip_and_expiry() -> None:
-    issuer = TokenIssuer(b"k" * 32, ttl_seconds=900)
-    token = issuer.issue(subject="u-1", roles=["customer"], now=NOW)
-    claims = issuer.verify(token.value, now=NOW + timedelta(seconds=899))
-    assert claims == {
-        "iss": "shop.users",
-        "sub": "u-1",
-        "roles": ["customer"],
-        "iat": int(NOW.timestamp()),
-        "exp": int(NOW.timestamp()) + 900,
-    }
-    assert token.expires_in == 900
-    with pytest.raises(InvalidTokenError, match="expired"):
-        issuer.verify(token.value, now=NOW + timedelta(seconds=900))
+REFRESH_TTL = timedelta(days=30)
 
 
-def test_tokens_signed_with_another_secret_or_tampered_are_refused() -> None:
-    token = TokenIssuer(b"a" * 32).issue(subject="u-1", roles=[], now=NOW).value
-    with pytest.raises(InvalidTokenError, match="bad signature"):
-        TokenIssuer(b"b" * 32).verify(token, now=NOW)
-    header, _, signature = token.split(".")
-    forged = TokenIssuer(b"a" * 32).issue(subject="admin", roles=["admin"], now=NOW).value
-    with pytest.raises(InvalidTokenError):
-        TokenIssuer(b"a" * 32).verify(f"{header}.{forged.split('.')[1]}.{signature}", now=NOW)
-    with pytest.raises(InvalidTokenError):
-        TokenIssuer(b"a" * 32).verify("not-a-token", now=NOW)
+def test_refresh_tokens_are_opaque_and_stored_only_as_a_hash() -> None:
+    issued = refresh.issue("u-1", now=NOW, ttl=REFRESH_TTL)
+    token_id, secret = refresh.parse(issued.value)
+    record = issued.record
+    assert (token_id, record.family_id, record.user_id) == (record.id, record.id, "u-1")
+    assert len(secret) == 43  # 32 random bytes, base64url
+    assert secret not in repr(record)
+    assert record.secret_hash == refresh.hash_secret(secret) != secret
+    assert (record.expires_at, issued.expires_in(NOW)) == (NOW + REFRESH_TTL, 30 * 24 * 3600)
+    successor = refresh.issue("u-1", now=NOW, ttl=REFRESH_TTL, family_id=record.family_id)
+    assert (successor.record.family_id, successor.record.id != record.id) == (record.id, True)
 
 
-def test_issuer_refuses_weak_configuration() -> None:
-    with pytest.raises(ValueError, match="at least 32 bytes"):
-        TokenIssuer(b"short")
-    with pytest.raises(ValueError, match="positive"):
-        TokenIssuer(b"k" * 32, ttl_seconds=0)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "no-separator",
+        "42.secret",
+        f"{'0' * 36}.x",
+        "123e4567-e89b-12d3-a456-426614174000.",
+        "123e4567-e89b-12d3-a456-426614174000." + "s" * 129,
+    ],
+)
+def test_malformed_refresh_tokens_are_invalid(value: str) -> None:
+    with pytest.raises(refresh.RefreshTokenInvalidError):
+        refresh.parse(value)
+
+
+def test_refresh_token_checks_in_order() -> None:
+    issued = refresh.issue("u-1", now=NOW, ttl=REFRESH_TTL)
+    _, secret = refresh.parse(issued.value)
+    record = issued.record
+    refresh.check(record, secret, now=NOW + REFRESH_TTL - timedelta(seconds=1))
+    used = replace(record, used_at=NOW)
+    revoked = replace(used, revoked_at=NOW)
+    cases: list[tuple[refresh.RefreshToken | None, str, datetime, type[Exception]]] = [
+        (None, secret, NOW, refresh.RefreshTokenInvalidError),
+        (record, "wrong-secret", NOW, refresh.RefreshTokenInvalidError),
+        (revoked, secret, NOW, refresh.RefreshTokenInvalidError),
+        (used, secret, NOW + REFRESH_TTL, refresh.RefreshTokenReusedError),
+        (record, secret, NOW + REFRESH_TTL, refresh.RefreshTokenExpiredError),
+    ]
+    for token, presented, now, expected in cases:
+        with pytest.raises(expected):
+            refresh.check(token, presented, now=now)
 
 
 def test_login_violations() -> None:
@@ -152,7 +173,7 @@ def test_login_violations() -> None:
     assert domain.login_violations("whatever", "short") == []  # wrong, not malformed
 
 
-@pytest.mark.parametrize("module", [domain, passwords, tokens])
+@pytest.mark.parametrize("module", [domain, passwords, refresh])
 def test_docstring_examples_run(module: ModuleType) -> None:
     result = doctest.testmod(module)
     assert (result.failed, result.attempted > 0) == (0, True)
