@@ -48,6 +48,38 @@ def _postgres_reachable() -> str | None:
 _PG_PROBLEM: str | bool | None = False
 
 
+REDIS_URL = os.environ.get("SHOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+_REDIS_PROBLEM: str | bool | None = False
+
+
+async def _redis_problem() -> str | None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=1.0)
+    try:
+        await client.ping()
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.aclose()
+
+
+async def require_redis() -> None:
+    """Skip (or fail under CI) when Redis is unreachable."""
+    global _REDIS_PROBLEM
+    if _REDIS_PROBLEM is False:
+        _REDIS_PROBLEM = await _redis_problem()
+    if _REDIS_PROBLEM:
+        message = (
+            f"Redis unreachable at {REDIS_URL} ({_REDIS_PROBLEM}); start it or set "
+            "SHOP_TEST_REDIS_URL to a redis:// URL to run these tests"
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def require_postgres() -> None:
     """Skip (or fail under CI) when PostgreSQL is unreachable."""
     global _PG_PROBLEM

@@ -89,6 +89,18 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
         "--no-rate-limits", action="store_true", help="turn rate limiting off (benchmarks)"
     )
     p.add_argument(
+        "--login-limit-per-email",
+        type=int,
+        default=5,
+        help="Login attempts per minute for one email (default 5)",
+    )
+    p.add_argument(
+        "--login-limit-per-address",
+        type=int,
+        default=100,
+        help="Login attempts per minute from one client address (default 100)",
+    )
+    p.add_argument(
         "--payment-latency-ms", type=int, default=0, help="simulated payment provider latency"
     )
     p.add_argument(
@@ -117,6 +129,8 @@ def _settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         service_key_file=ns.service_key_file
         or (Path(env["SHOP_SERVICE_KEY_FILE"]) if env.get("SHOP_SERVICE_KEY_FILE") else None),
         rate_limits=not ns.no_rate_limits,
+        login_limit_per_email=ns.login_limit_per_email,
+        login_limit_per_address=ns.login_limit_per_address,
     )
 
 

@@ -52,7 +52,7 @@ from shop.certs import SERVICE_URI
 from shop.common.runtime import Settings
 from shop.users.tokens import AUDIENCE, ISSUER, load_signing_key
 
-__all__ = ["RATE_LIMITS", "SERVICE_ISSUER", "ActiveUsers", "Security"]
+__all__ = ["RATE_LIMITS", "SERVICE_ISSUER", "ActiveUsers", "RateLimits", "Security", "rate_limits"]
 
 _LOG = get_logger("shop.security")
 
@@ -81,11 +81,24 @@ class RateLimits:
     per_user: Mapping[str, Rule]
 
 
-#: The shop's rate limits (issue: Login per email and per IP; per user and per method).
+def rate_limits(settings: Settings) -> RateLimits:
+    """The shop's rate limits: Login per email and per address (from the settings), then
+    per user and per method."""
+    return RateLimits(
+        login_per_email=Rule(settings.login_limit_per_email, 60.0, algorithm="sliding_window"),
+        per_address={
+            **RATE_LIMITS.per_address,
+            LOGIN: Rule(settings.login_limit_per_address, 60.0, algorithm="sliding_window"),
+        },
+        per_user=RATE_LIMITS.per_user,
+    )
+
+
+#: The defaults (``Settings`` overrides the two Login limits).
 RATE_LIMITS = RateLimits(
     login_per_email=Rule(5, 60.0, algorithm="sliding_window"),
     per_address={
-        LOGIN: Rule(30, 60.0, algorithm="sliding_window"),
+        LOGIN: Rule(100, 60.0, algorithm="sliding_window"),
         CREATE_USER: Rule(120, 60.0, algorithm="sliding_window"),
         REFRESH: Rule(60, 60.0, algorithm="sliding_window"),
     },
@@ -278,7 +291,7 @@ class Security:
         if self.user_verifier is None or self.active_users is None:
             raise RuntimeError("Security.connect() must run before interceptors()")
         chain: list[Interceptor] = []
-        limits = RATE_LIMITS
+        limits = rate_limits(self.settings)
         limiter = self.limiter() if self.settings.rate_limits else None
         if limiter is not None:
             chain.append(

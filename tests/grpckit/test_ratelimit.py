@@ -8,7 +8,6 @@ elsewhere they are skipped with a message saying how to enable them.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -25,10 +24,9 @@ from grpckit.interceptors._ratelimit import by_metadata, by_method, by_peer_ip, 
 from grpckit.ratelimit import Decision, Limiter, MemoryLimiter, RedisLimiter, Rule
 from grpckit.testing import FakeServicerContext, PingServicer, fake_call, serve_in_process
 from grpckit.testing.api.v1 import ping_pb2
+from tests.conftest import REDIS_URL, require_redis
 
 PING = "/grpckit.testing.v1.PingService/Ping"
-REDIS_URL = os.environ.get("SHOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 class FakeClock:
@@ -291,35 +289,6 @@ async def test_interceptor_with_rule_function() -> None:
 
 
 # -- Redis ---------------------------------------------------------------------------------------
-
-_REDIS_PROBLEM: str | bool | None = False
-
-
-async def _redis_problem() -> str | None:
-    client = Redis.from_url(REDIS_URL, socket_connect_timeout=1.0)
-    try:
-        await client.ping()
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        await client.aclose()
-
-
-async def require_redis() -> None:
-    """Skip (or fail under CI) when Redis is unreachable."""
-    global _REDIS_PROBLEM
-    if _REDIS_PROBLEM is False:
-        _REDIS_PROBLEM = await _redis_problem()
-    if _REDIS_PROBLEM:
-        message = (
-            f"Redis unreachable at {REDIS_URL} ({_REDIS_PROBLEM}); start it or set "
-            "SHOP_TEST_REDIS_URL to a redis:// URL to run these tests"
-        )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
 
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:

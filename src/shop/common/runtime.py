@@ -53,6 +53,10 @@ class Settings:
     service_key_file: Path | None = None
     #: Rate limiting on (Login per email and address, per-user budgets).
     rate_limits: bool = True
+    #: Login attempts per minute for one email (password guessing on one account).
+    login_limit_per_email: int = 5
+    #: Login attempts per minute from one client address (guessing across accounts).
+    login_limit_per_address: int = 100
 
     def __post_init__(self) -> None:
         if self.fault_kill_after is not None and self.fault_kill_after not in SAGA_STEPS:

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from grpckit.auth._principal import current_principal
+from grpckit.auth import current_principal
 from grpckit.errors import StatusError, invalid_argument, not_found
 from shop.api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shop.api.orders.v1 import orders_pb2

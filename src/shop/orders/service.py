@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from grpckit import StatusError
-from grpckit.auth._principal import current_principal
+from grpckit.auth import current_principal
 from grpckit.errors import not_found
 from shop.api.catalog.v1 import catalog_pb2
 from shop.api.orders.v1 import orders_pb2, orders_pb2_grpc

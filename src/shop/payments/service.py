@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from grpckit.auth._principal import current_principal
+from grpckit.auth import current_principal
 from shop.api.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.payments import validation
 from shop.payments.convert import payment_to_proto

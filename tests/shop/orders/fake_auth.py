@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from grpckit.auth._principal import ANONYMOUS, SERVICE_ROLE, Principal
+from grpckit.auth import ANONYMOUS, SERVICE_ROLE, Principal
 from grpckit.call import CallInfo
 from grpckit.middleware import Next
 
