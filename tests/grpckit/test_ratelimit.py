@@ -290,6 +290,7 @@ async def test_interceptor_with_rule_function() -> None:
 
 # -- Redis ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
     await require_redis()

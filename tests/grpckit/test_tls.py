@@ -352,3 +352,31 @@ def test_all_is_sorted() -> None:
     assert grpckit.tls.__all__ == sorted(
         grpckit.tls.__all__, key=lambda name: (not name[:1].isupper(), name)
     )
+
+
+async def test_a_reloading_client_channel_follows_its_files_to_a_new_ca(
+    pki_a: Path, pki_b: Path, tmp_path: Path
+) -> None:
+    """Server and client both rotate to CA B on disk; the client's stub, made once, keeps
+    working: new calls go through a channel re-dialled with the new files."""
+    from grpckit.client import ReloadingChannel
+
+    server_live, client_live = tmp_path / "server", tmp_path / "client"
+    install(pki_a, server_live)
+    install(pki_a, client_live)
+    async with serving(ServerTls.from_dir(server_live, mtls=True)) as app:
+        tls = ClientTls.from_dir(client_live, cert="client")
+        channel = dial(app.address, tls=tls, options=FRESH)
+        assert isinstance(channel, ReloadingChannel)
+        channel._check_interval = 0.0  # look at the files on every call (test only)
+        stub = ping_pb2_grpc.PingServiceStub(channel)
+        try:
+            assert (await stub.Ping(ping_pb2.PingRequest(message="a"))).message == "a"
+            install(pki_b, server_live)
+            install(pki_b, client_live)
+            assert (await stub.Ping(ping_pb2.PingRequest(message="b"))).message == "b"
+            assert channel.generation == 1
+            # the same stub without reloading would still present CA A's certificate:
+            await fails_unavailable(app, ClientTls.from_dir(pki_a, cert="client"))
+        finally:
+            await channel.close()

@@ -12,6 +12,7 @@ from grpckit.client._breaker import (
 from grpckit.client._deadline import REQUEST_ID_KEY, propagation_interceptors
 from grpckit.client._dial import dial
 from grpckit.client._metrics import client_metrics_interceptors
+from grpckit.client._reloading import ReloadingChannel
 from grpckit.client._service_config import (
     MethodPolicy,
     RetryPolicy,
@@ -28,6 +29,7 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "MethodPolicy",
+    "ReloadingChannel",
     "RetryPolicy",
     "circuit_breaker_interceptors",
     "client_metrics_interceptors",

@@ -21,11 +21,14 @@ def dial(
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     compression: grpc.Compression | None = None,
     tls: ClientTls | None = None,
+    reload_tls: bool = True,
 ) -> grpc.aio.Channel:
     """Open a channel to ``target`` (``host:port``, ``dns:///name:port`` ...).
 
     Plaintext by default; with ``tls`` a TLS channel (mTLS when it carries a client
-    certificate), its files read now, so channels opened after a rotation use the new files.
+    certificate). With ``reload_tls`` (the default) the channel re-dials when the TLS files are
+    replaced on disk (see :class:`grpckit.client.ReloadingChannel`); otherwise the files are
+    read once, now.
 
     Calls without a timeout get ``default_timeout`` (``None``: no default); calls made inside a
     grpckit handler never outlive the incoming call and forward its ``x-request-id``.
@@ -44,10 +47,18 @@ def dial(
         return grpc.aio.insecure_channel(
             target, options=list(options), compression=compression, interceptors=chain
         )
-    return grpc.aio.secure_channel(
-        target,
-        channel_credentials(tls),
-        options=[*channel_options(tls), *options],
-        compression=compression,
-        interceptors=chain,
-    )
+
+    def secure() -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            target,
+            channel_credentials(tls),
+            options=[*channel_options(tls), *options],
+            compression=compression,
+            interceptors=chain,
+        )
+
+    if not reload_tls:
+        return secure()
+    from grpckit.client._reloading import ReloadingChannel
+
+    return ReloadingChannel(secure, tls)

@@ -132,6 +132,7 @@ class ServiceContext:
                 raise LookupError(
                     f"no address for peer {peer!r}: pass --{peer}-addr or SHOP_{peer.upper()}_ADDR"
                 ) from None
+            # with TLS, dial re-dials when the certificate files are replaced on disk
             self._channels[key] = dial(
                 target,
                 default_timeout=self.settings.call_timeout,
@@ -158,6 +159,7 @@ class ServiceContext:
             await relay.stop()
         for channel in self._channels.values():
             await channel.close(None)
+
         for db in self._databases.values():
             await db.close()
         self._relays.clear()

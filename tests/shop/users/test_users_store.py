@@ -182,7 +182,8 @@ async def test_expired_and_forged_tokens_are_refused(
     with pytest.raises(refresh.RefreshTokenExpiredError):
         await tokens.rotate(token_id, secret, now=NOW + TTL, ttl=TTL)
     with pytest.raises(RefreshTokenInvalidError):
-        await tokens.rotate(token_id, secret[:-1] + "A", now=NOW, ttl=TTL)
+        forged = secret[:-1] + ("B" if secret.endswith("A") else "A")  # never the real one
+        await tokens.rotate(token_id, forged, now=NOW, ttl=TTL)
     with pytest.raises(RefreshTokenInvalidError):
         await tokens.rotate(new_id(), secret, now=NOW, ttl=TTL)
     assert await rotate(tokens, issued)  # none of that used it up
