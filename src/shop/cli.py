@@ -1,6 +1,7 @@
 """The ``shop`` command: run the system, place an order, watch live metrics.
 
 shop up                       every service on one gRPC port (default 50051)
+shop up --distributed         every service its own supervised process (--replicas orders=2)
 shop serve orders --port 0    one service; peers by --<peer>-addr or SHOP_<PEER>_ADDR
 shop order                    place an order through the gateway and print the outcome
 shop watch                    print the live metrics stream
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from grpckit import configure_logging
+from grpckit import configure_logging, get_logger
 from shop.common.runtime import SAGA_STEPS, SERVICES, Settings
 from shop.system import ProcessConfig, run
 
@@ -79,6 +80,12 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
         help="e.g. redis://127.0.0.1:6379/0: rate limits shared by every process (or SHOP_REDIS_URL)",
     )
     p.add_argument(
+        "--nats-url",
+        default=None,
+        help="e.g. nats://127.0.0.1:4222: events between processes on NATS JetStream "
+        "(or SHOP_NATS_URL; default: in-process bus)",
+    )
+    p.add_argument(
         "--service-key-file",
         type=Path,
         default=None,
@@ -126,6 +133,7 @@ def _settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         tls_dir=ns.tls_dir,
         mtls=ns.mtls,
         redis_url=ns.redis_url or env.get("SHOP_REDIS_URL") or None,
+        nats_url=ns.nats_url or env.get("SHOP_NATS_URL") or None,
         service_key_file=ns.service_key_file
         or (Path(env["SHOP_SERVICE_KEY_FILE"]) if env.get("SHOP_SERVICE_KEY_FILE") else None),
         rate_limits=not ns.no_rate_limits,
@@ -149,6 +157,86 @@ def _client_args(p: argparse.ArgumentParser, *, what: str) -> None:
     p.add_argument("--password", default=None, help="their password (or SHOP_PASSWORD)")
 
 
+#: Settings flags passed on to the processes a supervisor starts: (flag, attribute).
+_PASSED_ON = (
+    ("--data-dir", "data_dir"),
+    ("--database-url", "database_url"),
+    ("--log-level", "log_level"),
+    ("--grace", "grace"),
+    ("--call-timeout", "call_timeout"),
+    ("--fault-kill-after", "fault_kill_after"),
+    ("--payment-latency-ms", "payment_latency_ms"),
+    ("--payment-failure-rate", "payment_failure_rate"),
+    ("--tls-dir", "tls_dir"),
+    ("--redis-url", "redis_url"),
+    ("--nats-url", "nats_url"),
+    ("--service-key-file", "service_key_file"),
+    ("--login-limit-per-email", "login_limit_per_email"),
+    ("--login-limit-per-address", "login_limit_per_address"),
+)
+_SWITCHES = (("--no-demo", "no_demo"), ("--mtls", "mtls"), ("--no-rate-limits", "no_rate_limits"))
+
+
+def _passed_on(ns: argparse.Namespace) -> list[str]:
+    """The settings flags of ``ns`` as arguments for a child ``shop serve``."""
+    argv: list[str] = []
+    for flag, attr in _PASSED_ON:
+        value = getattr(ns, attr, None)
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [flag for flag, attr in _SWITCHES if getattr(ns, attr, False)]
+    return argv
+
+
+async def _distributed(ns: argparse.Namespace, settings: Settings) -> int:
+    from shop.supervisor import Supervisor, parse_replicas, plan
+
+    replicas = parse_replicas(ns.replicas)
+    if not settings.nats_url:
+        get_logger("shop").warning(
+            "supervisor.no_event_bus",
+            hint="without --nats-url events stay inside each process: analytics sees none",
+        )
+    specs = plan(
+        replicas,
+        host=ns.host,
+        gateway_port=ns.grpc_port,
+        http_port=ns.http_port,
+        passthrough=_passed_on(ns),
+    )
+    supervisor = Supervisor(specs, host=ns.host, grace=settings.grace_period)
+    gateways = [s for s in specs if s.service == "gateway"]
+    return await supervisor.run(
+        {
+            "mode": "distributed",
+            "grpc_address": f"{ns.host}:{gateways[0].port}",
+            "http_address": f"{ns.host}:{ns.http_port}" if ns.http_port else None,
+            "replicas": replicas,
+        }
+    )
+
+
+async def _workers(ns: argparse.Namespace, settings: Settings) -> int:
+    from shop.supervisor import Supervisor, free_port, workers_plan
+
+    port = ns.port or free_port(ns.host)
+    peers = [
+        arg for p in SERVICES if (addr := getattr(ns, f"{p}_addr")) for arg in (f"--{p}-addr", addr)
+    ]
+    specs = workers_plan(
+        ns.service, ns.workers, port=port, http_port=ns.http_port, args=[*peers, *_passed_on(ns)]
+    )
+    supervisor = Supervisor(specs, host=ns.host, grace=settings.grace_period)
+    return await supervisor.run(
+        {
+            "mode": "workers",
+            "grpc_address": f"{ns.host}:{port}",
+            "http_address": f"{ns.host}:{ns.http_port}" if ns.http_port else None,
+            "workers": ns.workers,
+        }
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shop", description="The shop reference system built on grpckit."
@@ -168,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=8080,
         help="HTTP port for /healthz (default 8080; 0 picks one)",
     )
+    up.add_argument(
+        "--distributed",
+        action="store_true",
+        help="every service in its own process (a supervisor restarts those that die)",
+    )
+    up.add_argument(
+        "--replicas",
+        default="",
+        metavar="SERVICE=N,...",
+        help="with --distributed: processes per service, e.g. orders=2,payments=2",
+    )
     _settings_args(up)
 
     serve = sub.add_parser("serve", help="run one service")
@@ -176,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--http-port", type=int, default=None, help="HTTP port for /healthz (default: none)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving this service on one port (SO_REUSEPORT; default 1)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     for peer in SERVICES:
         serve.add_argument(
             f"--{peer}-addr",
@@ -245,7 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command in ("up", "serve"):
             configure_logging(ns.log_level, json=True, service="shop")
             settings = _settings(ns, env)
+            if ns.command == "up" and ns.distributed:
+                return asyncio.run(_distributed(ns, settings))
             if ns.command == "up":
+                if ns.replicas:
+                    raise ValueError("--replicas needs --distributed")
                 config = ProcessConfig(SERVICES, ns.host, ns.grpc_port, ns.http_port, {})
             else:
                 peers = {
@@ -253,7 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for p in SERVICES
                     if (addr := getattr(ns, f"{p}_addr") or env.get(f"SHOP_{p.upper()}_ADDR"))
                 }
-                config = ProcessConfig((ns.service,), ns.host, ns.port, ns.http_port, peers)
+                if ns.workers > 1:
+                    return asyncio.run(_workers(ns, settings))
+                config = ProcessConfig(
+                    (ns.service,), ns.host, ns.port, ns.http_port, peers, reuse_port=ns.reuse_port
+                )
             return asyncio.run(run(settings, config, env=env))
         if ns.command == "certs":
             from shop.certs import write_dev_certs

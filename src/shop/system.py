@@ -52,6 +52,8 @@ class ProcessConfig:
     grpc_port: int
     http_port: int | None
     peers: Mapping[str, str]  # explicit peer addresses; the rest default to this process
+    #: Share the port with sibling processes (SO_REUSEPORT): ``shop serve --workers``.
+    reuse_port: bool = False
 
 
 def _mount_fn(service: str) -> Mount:
@@ -92,6 +94,7 @@ async def run(
             port=config.grpc_port,
             grace_period=settings.grace_period,
             tls=security.server_tls,
+            reuse_port=config.reuse_port,
         ),
         name="shop",
         interceptors=[
@@ -116,6 +119,7 @@ async def run(
         ],
         client_tls=security.client_tls,
         service_token=security.service_token(),
+        local_address=local,
     )
     ctx_ref.append(ctx)
     assert security.active_users is not None

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import structlog
 
 from grpckit import dial, get_logger
+from grpckit.client import MethodPolicy, RetryPolicy, service_config, service_config_options
 from grpckit.auth import credential_interceptors
 from grpckit.tls import ClientTls
 from shop.common.bus import EventBus
@@ -24,6 +25,50 @@ from shop.common.outbox import OutboxRelay
 
 SERVICES = ("users", "catalog", "orders", "payments", "analytics", "gateway")
 SAGA_STEPS = ("validate_user", "create_order", "reserve_stock", "process_payment")
+
+
+#: How services call each other: round robin over the replicas that report SERVING (a draining
+#: or unhealthy replica gets no new calls), waiting for a ready replica up to the deadline
+#: instead of failing while one restarts, and grpc's transparent retries of UNAVAILABLE
+#: (throttled so retries cannot snowball). Every saga step is idempotent, so a retried call
+#: cannot act twice.
+PEER_SERVICE_CONFIG = service_config(
+    default=MethodPolicy(
+        wait_for_ready=True,
+        retry=RetryPolicy(
+            max_attempts=3,
+            initial_backoff=0.05,
+            max_backoff=0.5,
+            retryable_codes=(grpc.StatusCode.UNAVAILABLE,),
+        ),
+    ),
+    load_balancing="round_robin",
+    health_check_service="",
+    retry_throttling=(20, 0.1),
+)
+PEER_CHANNEL_OPTIONS = service_config_options(PEER_SERVICE_CONFIG)
+#: For peers served by this very process: no health checking, since a draining process still
+#: serves the nested calls its in-flight calls make (a NOT_SERVING check would block them).
+LOCAL_CHANNEL_OPTIONS = service_config_options(
+    service_config(
+        default=MethodPolicy(
+            retry=RetryPolicy(
+                max_attempts=3,
+                initial_backoff=0.05,
+                max_backoff=0.5,
+                retryable_codes=(grpc.StatusCode.UNAVAILABLE,),
+            ),
+        ),
+        retry_throttling=(20, 0.1),
+    )
+)
+
+
+def _grpc_target(address: str) -> str:
+    """``a:1,b:2`` (a static list of replicas) → ``ipv4:a:1,b:2``; other targets unchanged."""
+    if "," in address and ":///" not in address and not address.startswith(("ipv4:", "ipv6:")):
+        return f"ipv4:{address}"
+    return address
 
 
 @dataclass(frozen=True)
@@ -48,6 +93,8 @@ class Settings:
     mtls: bool = False
     #: Redis for shared rate limits (and, later, the shared cache); None: per process.
     redis_url: str | None = None
+    #: NATS with JetStream for events between processes; None: the in-process bus.
+    nats_url: str | None = None
     #: The key that signs service tokens; every process of a deployment needs the same one.
     #: Default: ``<data_dir>/keys/service-ed25519.pem``.
     service_key_file: Path | None = None
@@ -86,6 +133,8 @@ class ServiceContext:
     client_tls: ClientTls | None = None
     #: This process's service token (``None`` when mTLS certificates identify services).
     service_token: Callable[[], str] | None = None
+    #: This process's own gRPC address (peers served here are dialled without health checks).
+    local_address: str = ""
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     _databases: dict[str, Database] = field(default_factory=dict)
     _relays: list[OutboxRelay] = field(default_factory=list)
@@ -134,8 +183,11 @@ class ServiceContext:
                 ) from None
             # with TLS, dial re-dials when the certificate files are replaced on disk
             self._channels[key] = dial(
-                target,
+                _grpc_target(target),
                 default_timeout=self.settings.call_timeout,
+                options=(
+                    LOCAL_CHANNEL_OPTIONS if target == self.local_address else PEER_CHANNEL_OPTIONS
+                ),
                 tls=self.client_tls,
                 interceptors=[
                     *self.client_interceptors,
