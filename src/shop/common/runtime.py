@@ -16,8 +16,8 @@ import sqlalchemy as sa
 import structlog
 
 from grpckit import dial, get_logger
-from grpckit.client import MethodPolicy, RetryPolicy, service_config, service_config_options
 from grpckit.auth import credential_interceptors
+from grpckit.client import MethodPolicy, RetryPolicy, service_config, service_config_options
 from grpckit.tls import ClientTls
 from shop.common.bus import EventBus
 from shop.common.db import Database, database_url
