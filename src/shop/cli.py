@@ -293,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     order = sub.add_parser("order", help="place an order through the gateway and print the outcome")
     _client_args(order, what="gateway")
     order.add_argument(
+        "--users-addr", default=None, help="users service, when not at --addr (distributed mode)"
+    )
+    order.add_argument(
+        "--catalog-addr",
+        default=None,
+        help="catalog service, when not at --addr (distributed mode)",
+    )
+    order.add_argument(
         "--user-id",
         default=None,
         help="order for this user (default: the logged-in user, or a new demo user)",

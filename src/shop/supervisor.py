@@ -292,7 +292,11 @@ class Supervisor:
         except BaseException:
             await self.stop()
             raise
-        _LOG.info("ready", **ready_fields, processes=self.processes())
+        fields = dict(ready_fields)
+        if fields.get("http_address") is None:  # the front process's (gateway, worker 0)
+            front = next(s for s in self.specs if s.service == self.specs[-1].service)
+            fields["http_address"] = front.http_address
+        _LOG.info("ready", **fields, processes=self.processes())
         await stop.wait()
         _LOG.info("stopping", processes=len(self.specs))
         await self.stop()

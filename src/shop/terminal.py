@@ -39,11 +39,12 @@ def _fail(err: grpc.aio.AioRpcError) -> int:
     return 1
 
 
-def _channel(ns: argparse.Namespace) -> grpc.aio.Channel:
+def _channel(ns: argparse.Namespace, addr: str | None = None) -> grpc.aio.Channel:
     """Plaintext, or TLS trusting DIR/ca.pem (with DIR/client.pem when present) for --tls-dir."""
     tls_dir: Path | None = ns.tls_dir
+    target = addr or ns.addr
     if tls_dir is None:
-        return grpc.aio.insecure_channel(ns.addr)
+        return grpc.aio.insecure_channel(target)
     ca = tls_dir / "ca.pem"
     if not ca.is_file():
         raise LookupError(f"{ca} not found: create certificates with `shop certs --out {tls_dir}`")
@@ -53,7 +54,7 @@ def _channel(ns: argparse.Namespace) -> grpc.aio.Channel:
         private_key=key.read_bytes() if key.is_file() else None,
         certificate_chain=cert.read_bytes() if cert.is_file() else None,
     )
-    return grpc.aio.secure_channel(ns.addr, credentials)
+    return grpc.aio.secure_channel(target, credentials)
 
 
 def token_subject(token: str) -> str:
@@ -139,16 +140,23 @@ async def _items(channel: grpc.aio.Channel, specs: list[str]) -> list[common_pb2
 
 
 async def order(ns: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Log in (or register a demo user), pick the items, ProcessOrder, print the outcome.
+
+    With ``shop up --distributed`` the gateway serves only GatewayService: pass the users and
+    catalog addresses from the ready line as ``--users-addr`` / ``--catalog-addr``.
+    """
     try:
         channel = _channel(ns)
+        users = _channel(ns, ns.users_addr) if ns.users_addr else channel
+        catalog = _channel(ns, ns.catalog_addr) if ns.catalog_addr else channel
     except LookupError as exc:
         print(f"shop order: {exc}", file=sys.stderr)
         return 1
     async with channel:
         try:
-            token = await _access_token(ns, env, channel, demo=True)
+            token = await _access_token(ns, env, users, demo=True)
             user_id = ns.user_id or token_subject(token)
-            items = await _items(channel, ns.item)
+            items = await _items(catalog, ns.item)
             request = gateway_pb2.ProcessOrderRequest(
                 user_id=user_id,
                 items=items,
@@ -165,6 +173,9 @@ async def order(ns: argparse.Namespace, env: Mapping[str, str]) -> int:
         except LookupError as exc:
             print(f"shop order: {exc}", file=sys.stderr)
             return 1
+        finally:
+            for extra in {users, catalog} - {channel}:
+                await extra.close(None)
     if ns.json:
         print(json_format.MessageToJson(reply))
         return 0
