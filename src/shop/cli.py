@@ -111,6 +111,12 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
         "--payment-latency-ms", type=int, default=0, help="simulated payment provider latency"
     )
     p.add_argument(
+        "--fault-file",
+        type=Path,
+        default=None,
+        help='testing: JSON knobs read while running, e.g. {"payment_latency_ms": 8000}',
+    )
+    p.add_argument(
         "--payment-failure-rate",
         type=float,
         default=0.0,
@@ -124,6 +130,7 @@ def _settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         database_url=ns.database_url or env.get("SHOP_DATABASE_URL") or None,
         demo=not ns.no_demo,
         fault_kill_after=ns.fault_kill_after or env.get("SHOP_FAULT_KILL_AFTER") or None,
+        fault_file=ns.fault_file,
         payment_latency_ms=ns.payment_latency_ms,
         payment_failure_rate=ns.payment_failure_rate,
         call_timeout=ns.call_timeout,
@@ -165,6 +172,7 @@ _PASSED_ON = (
     ("--grace", "grace"),
     ("--call-timeout", "call_timeout"),
     ("--fault-kill-after", "fault_kill_after"),
+    ("--fault-file", "fault_file"),
     ("--payment-latency-ms", "payment_latency_ms"),
     ("--payment-failure-rate", "payment_failure_rate"),
     ("--tls-dir", "tls_dir"),

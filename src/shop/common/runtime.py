@@ -79,6 +79,8 @@ class Settings:
     database_url: str | None = None
     demo: bool = True
     fault_kill_after: str | None = None
+    #: Testing: a JSON file of knobs read while running (see shop.common.faults).
+    fault_file: Path | None = None
     payment_latency_ms: int = 0
     payment_failure_rate: float = 0.0
     saga_timeout: float = 30.0

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 
 from grpckit import App
 from shop.api.payments.v1 import payments_pb2, payments_pb2_grpc
+from shop.common.faults import FaultFile
 from shop.common.runtime import ServiceContext
 from shop.payments.processor import PaymentProcessor
 from shop.payments.provider import SimulatedProvider
@@ -23,9 +24,11 @@ async def mount(app: App, ctx: ServiceContext) -> None:
     await db.migrate(MIGRATIONS)
     relay = ctx.start_outbox_relay(db, OUTBOX_TABLE)
     store = PaymentsStore(db, on_events=relay.notify)
+    faults = FaultFile(ctx.settings.fault_file) if ctx.settings.fault_file else None
     provider = SimulatedProvider(
         latency_ms=ctx.settings.payment_latency_ms,
         failure_rate=ctx.settings.payment_failure_rate,
+        knobs=faults.get if faults is not None else None,
     )
     servicer = PaymentServicer(store, PaymentProcessor(store, provider))
     app.add_service(payments_pb2_grpc.add_PaymentServiceServicer_to_server, servicer, SERVICE)

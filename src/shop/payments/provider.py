@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,11 +71,14 @@ class SimulatedProvider:
         latency_ms: int = 0,
         failure_rate: float = 0.0,
         rng: random.Random | None = None,
+        knobs: Callable[[str, float], float] | None = None,
     ) -> None:
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError("failure_rate must be between 0 and 1")
         self._latency = latency_ms / 1000
         self._failure_rate = failure_rate
+        #: ``knobs(name, default)`` overrides latency/failure rate at run time (fault drills).
+        self._knobs = knobs
         self._rng = rng if rng is not None else random.Random()
         self._charges: dict[str, ChargeResult] = {}
         self._refunds: dict[str, RefundResult] = {}
@@ -101,7 +105,11 @@ class SimulatedProvider:
         return self._refunds[charge_id]
 
     async def _answer(self) -> None:
-        if self._latency:
-            await asyncio.sleep(self._latency)
-        if self._failure_rate and self._rng.random() < self._failure_rate:
+        latency, failure_rate = self._latency, self._failure_rate
+        if self._knobs is not None:
+            latency = self._knobs("payment_latency_ms", latency * 1000) / 1000
+            failure_rate = self._knobs("payment_failure_rate", failure_rate)
+        if latency:
+            await asyncio.sleep(latency)
+        if failure_rate and self._rng.random() < failure_rate:
             raise ProviderUnavailableError("the payment provider is unavailable")
