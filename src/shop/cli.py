@@ -8,6 +8,7 @@ shop watch                    print the live metrics stream
 shop token                    log in and print an access token
 shop certs --out DIR          create a development CA and TLS certificates
 shop audit [--verify]         print the audit trail; check its hash chains
+shop verify                   check the invariants across services (orders, payments, stock)
 """
 
 from __future__ import annotations
@@ -350,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("--force", action="store_true", help="overwrite existing files")
 
+    verify = sub.add_parser(
+        "verify", help="check the invariants across services; violations as JSON lines"
+    )
+    verify.add_argument("--data-dir", type=Path, default=Path("./.shop"))
+    verify.add_argument("--database-url", default=None, help="as given to `shop up`")
+    verify.add_argument(
+        "--saga-timeout",
+        type=float,
+        default=Settings().saga_timeout,
+        help="seconds an order may stay PENDING (default 30)",
+    )
+
     audit = sub.add_parser("audit", help="print the audit trail as JSON lines; --verify checks it")
     audit.add_argument("--data-dir", type=Path, default=Path("./.shop"))
     audit.add_argument("--database-url", default=None, help="as given to `shop up`")
@@ -392,6 +405,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in write_dev_certs(ns.out, hosts=hosts, force=ns.force):
                 print(path)
             return 0
+        if ns.command == "verify":
+            from shop import verify
+
+            return verify.run(
+                ns.data_dir,
+                ns.database_url or env.get("SHOP_DATABASE_URL") or None,
+                saga_timeout=ns.saga_timeout,
+            )
         if ns.command == "audit":
             from shop import audit_cli
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -79,7 +81,9 @@ async def test_ready_line_lists_every_process(distributed: ShopProcess) -> None:
     assert distributed.grpc_address.endswith(gateway["address"].rpartition(":")[2])
 
 
-async def test_killing_replicas_under_load_loses_nothing(distributed: ShopProcess) -> None:
+async def test_killing_replicas_under_load_loses_nothing(
+    distributed: ShopProcess, postgres_url: str
+) -> None:
     users_addr = address_of(distributed, "users")
     catalog_addr = address_of(distributed, "catalog")
     async with (
@@ -136,6 +140,15 @@ async def test_killing_replicas_under_load_loses_nothing(distributed: ShopProces
         # nothing lost, nothing charged twice: every customer's orders reconcile
         paid_by_user = Counter(u for u, c in outcomes if c == grpc.StatusCode.OK)
         await _reconcile(distributed, users_addr, customers, paid_by_user)
+    # and the operator's view: every invariant across the services' databases holds
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shop.cli", "verify", "--database-url", postgres_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, (checked.stdout, checked.stderr)
 
 
 async def _reconcile(

@@ -3,6 +3,9 @@
 Stock moves only through conditional UPDATEs (``stock >= wanted``), so concurrent
 reservations can never oversell, on SQLite or PostgreSQL. A reservation row per order
 makes ReserveStock idempotent and ReleaseStock safe to repeat or to arrive first.
+
+Each product also keeps ``initial_stock``, so that ``stock == initial_stock - reserved +
+released`` (summed over its reservation items) holds at every commit; ``shop verify`` checks it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import exc
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -54,6 +57,9 @@ class ProductRow(_Base):
     price_minor: Mapped[int] = mapped_column(sa.BigInteger)
     currency: Mapped[str] = mapped_column(sa.String(3))
     stock: Mapped[int] = mapped_column(sa.BigInteger)
+    #: The stock it was created with, moved by each import by what the import changed in
+    #: ``stock``: reservations and releases leave it alone.
+    initial_stock: Mapped[int] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
@@ -82,10 +88,43 @@ class ReservationItemRow(_Base):
 
 
 METADATA = _Base.metadata
+_PRODUCTS = METADATA.tables["products"]
+
+
+def _add_initial_stock(conn: Connection) -> None:
+    """Add ``products.initial_stock`` to a database created before it existed.
+
+    Migration 1 creates the tables as they are now, so a new database has the column already.
+    An existing product gets the value that makes its ledger hold today: stock + units held.
+    """
+    if "initial_stock" in {column["name"] for column in sa.inspect(conn).get_columns("products")}:
+        return
+    conn.execute(sa.text("ALTER TABLE products ADD COLUMN initial_stock BIGINT NOT NULL DEFAULT 0"))
+    held = (
+        sa.select(sa.func.coalesce(sa.func.sum(ReservationItemRow.quantity), 0))
+        .join(ReservationRow, ReservationRow.order_id == ReservationItemRow.order_id)
+        .where(
+            ReservationItemRow.product_id == _PRODUCTS.c.id,
+            ReservationRow.status == ReservationStatus.RESERVED.value,
+        )
+        .scalar_subquery()
+    )
+    conn.execute(_PRODUCTS.update().values(initial_stock=_PRODUCTS.c.stock + held))
+
 
 MIGRATIONS: list[Migration] = [
     Migration(1, "create products and reservations", lambda conn: METADATA.create_all(conn)),
+    Migration(2, "products.initial_stock (the stock ledger's start)", _add_initial_stock),
 ]
+
+# An import's update of one product: ``initial_stock`` moves by what the import changes in
+# ``stock`` (SET reads the row as it was before the update, and on PostgreSQL the row as the
+# last concurrent reservation left it), so the ledger holds across restocks.
+_RESTOCK = (
+    _PRODUCTS.update()
+    .where(_PRODUCTS.c.id == sa.bindparam("product_id"))
+    .values(initial_stock=_PRODUCTS.c.initial_stock + sa.bindparam("new_stock") - _PRODUCTS.c.stock)
+)
 
 
 class CatalogStore:
@@ -222,15 +261,21 @@ class CatalogStore:
                 if not ids[sku]
             ]
             updates = [
-                {"id": ids[sku], **_draft_columns(d), "updated_at": now}
+                {
+                    "product_id": ids[sku],
+                    **_draft_columns(d),
+                    "new_stock": d.stock,
+                    "updated_at": now,
+                }
                 for sku, d in latest.items()
                 if ids[sku]
             ]
             if inserts:
                 await session.execute(sa.insert(ProductRow), inserts)
             if updates:  # by id: rows lock in the order ReserveStock locks them
-                updates.sort(key=lambda columns: str(columns["id"]))
-                await session.execute(sa.update(ProductRow), updates)
+                updates.sort(key=lambda columns: str(columns["product_id"]))
+                connection = await session.connection()
+                await connection.execute(_RESTOCK, updates)
         return created
 
 
@@ -299,6 +344,7 @@ def _columns(product: Product) -> dict[str, Any]:
         "created_at": product.created_at,
         "updated_at": product.updated_at,
         **_draft_columns(product),
+        "initial_stock": product.stock,
     }
 
 
