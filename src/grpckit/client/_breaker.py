@@ -22,6 +22,9 @@ Example::
     breaker = CircuitBreaker(BreakerPolicy(cooldown=10.0), target="payments:50051")
     channel = dial("payments:50051", interceptors=breaker.interceptors())
     breaker.state("/shop.payments.v1.PaymentService/Charge")  # "closed" | "open" | "half_open"
+
+The state of every circuit is exported as ``grpckit_client_circuit_state{target,method}`` (0
+closed, 1 half-open, 2 open) when prometheus-client is installed (see ``_gauges``).
 """
 
 from __future__ import annotations
@@ -32,14 +35,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
 from grpckit.client._call_status import code_now
-from grpckit.errors import STATUS_DETAILS_KEY, StatusError
+from grpckit.client._gauges import watch_breaker
+from grpckit.client._rejection import DOMAIN, local_rejection
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = [
     "CIRCUIT_OPEN",
@@ -53,7 +60,6 @@ __all__ = [
 
 #: ``ErrorInfo.reason`` of a call rejected by an open circuit.
 CIRCUIT_OPEN = "CIRCUIT_OPEN"
-_DOMAIN = "grpckit"
 
 BreakerState = Literal["closed", "open", "half_open"]
 Clock = Callable[[], float]
@@ -142,8 +148,14 @@ class _Circuit:
         self.successes = 0  # half-open probes that succeeded
 
     def refresh(self, now: float) -> None:
-        if self.state == "open" and now - self.opened_at >= self.policy.cooldown:
+        if self.peek(now) != self.state:
             self._move("half_open", now)
+
+    def peek(self, now: float) -> BreakerState:
+        """The state at ``now`` without changing anything (safe from a scrape thread)."""
+        if self.state == "open" and now - self.opened_at >= self.policy.cooldown:
+            return "half_open"
+        return self.state
 
     def remaining(self, now: float) -> float:
         return max(self.policy.cooldown - (now - self.opened_at), 0.0)
@@ -199,7 +211,11 @@ class _Circuit:
 
 
 class CircuitBreaker:
-    """Circuits for the methods of one ``target``; hand :meth:`interceptors` to ``dial``."""
+    """Circuits for the methods of one ``target``; hand :meth:`interceptors` to ``dial``.
+
+    Its states appear in ``registry`` (default: :func:`grpckit.metrics.default_registry` when
+    prometheus-client is installed) as ``grpckit_client_circuit_state{target,method}``.
+    """
 
     def __init__(
         self,
@@ -207,11 +223,13 @@ class CircuitBreaker:
         *,
         target: str,
         clock: Clock = time.monotonic,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.policy = policy
         self.target = target
         self._clock = clock
         self._circuits: dict[str, _Circuit] = {}
+        watch_breaker(self, registry)
 
     def state(self, method: str) -> BreakerState:
         """``"closed"``, ``"open"`` or ``"half_open"`` for ``method`` (``/pkg.Service/Method``).
@@ -225,8 +243,9 @@ class CircuitBreaker:
         return circuit.state
 
     def states(self) -> dict[str, BreakerState]:
-        """The state of every method called so far (for a metric)."""
-        return {method: self.state(method) for method in self._circuits}
+        """The state of every method called so far (for a metric); reads, never changes."""
+        now = self._clock()
+        return {method: circuit.peek(now) for method, circuit in list(self._circuits.items())}
 
     def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
         """The four grpc.aio client interceptors (one per RPC kind) guarding the calls."""
@@ -283,7 +302,7 @@ class CircuitBreaker:
     def _rejection(self, method: str, circuit: _Circuit, now: float) -> grpc.aio.AioRpcError:
         info = error_details_pb2.ErrorInfo(
             reason=CIRCUIT_OPEN,
-            domain=_DOMAIN,
+            domain=DOMAIN,
             metadata={"target": self.target, "method": method},
         )
         details: list[Any] = [info]
@@ -294,14 +313,11 @@ class CircuitBreaker:
             message = f"circuit open for {method} on {self.target}"
         else:
             message = f"circuit half-open for {method} on {self.target}: probe in flight"
-        status = StatusError(grpc.StatusCode.UNAVAILABLE, message, *details)
-        trailers = grpc.aio.Metadata((STATUS_DETAILS_KEY, status.to_proto().SerializeToString()))
-        return grpc.aio.AioRpcError(
+        return local_rejection(
             grpc.StatusCode.UNAVAILABLE,
-            grpc.aio.Metadata(),
-            trailers,
-            details=message,
-            debug_error_string=f"grpckit circuit breaker: {CIRCUIT_OPEN}",
+            message,
+            *details,
+            source=f"circuit breaker: {CIRCUIT_OPEN}",
         )
 
 
@@ -355,6 +371,7 @@ def circuit_breaker_interceptors(
     *,
     target: str,
     clock: Clock = time.monotonic,
+    registry: CollectorRegistry | None = None,
 ) -> list[grpc.aio.ClientInterceptor]:
     """The four interceptors of a new :class:`CircuitBreaker` for ``target``.
 
@@ -365,4 +382,4 @@ def circuit_breaker_interceptors(
 
         channel = dial(target, interceptors=circuit_breaker_interceptors(target=target))
     """
-    return CircuitBreaker(policy, target=target, clock=clock).interceptors()
+    return CircuitBreaker(policy, target=target, clock=clock, registry=registry).interceptors()

@@ -15,9 +15,18 @@ import grpc
 import sqlalchemy as sa
 import structlog
 
-from grpckit import dial, get_logger
+from grpckit import get_logger
 from grpckit.auth import credential_interceptors
-from grpckit.client import MethodPolicy, RetryPolicy, service_config, service_config_options
+from grpckit.client import (
+    BreakerPolicy,
+    Bulkhead,
+    CircuitBreaker,
+    MethodPolicy,
+    RetryPolicy,
+    connect,
+    retry_info_interceptors,
+    service_config,
+)
 from grpckit.tls import ClientTls
 from shop.common.bus import EventBus
 from shop.common.db import Database, database_url
@@ -27,48 +36,35 @@ SERVICES = ("users", "catalog", "orders", "payments", "analytics", "gateway")
 SAGA_STEPS = ("validate_user", "create_order", "reserve_stock", "process_payment")
 
 
+_PEER_RETRY = RetryPolicy(
+    max_attempts=3,
+    initial_backoff=0.05,
+    max_backoff=0.5,
+    retryable_codes=(grpc.StatusCode.UNAVAILABLE,),
+)
 #: How services call each other: round robin over the replicas that report SERVING (a draining
 #: or unhealthy replica gets no new calls), waiting for a ready replica up to the deadline
 #: instead of failing while one restarts, and grpc's transparent retries of UNAVAILABLE
 #: (throttled so retries cannot snowball). Every saga step is idempotent, so a retried call
 #: cannot act twice.
 PEER_SERVICE_CONFIG = service_config(
-    default=MethodPolicy(
-        wait_for_ready=True,
-        retry=RetryPolicy(
-            max_attempts=3,
-            initial_backoff=0.05,
-            max_backoff=0.5,
-            retryable_codes=(grpc.StatusCode.UNAVAILABLE,),
-        ),
-    ),
+    default=MethodPolicy(wait_for_ready=True, retry=_PEER_RETRY),
     load_balancing="round_robin",
     health_check_service="",
     retry_throttling=(20, 0.1),
 )
-PEER_CHANNEL_OPTIONS = service_config_options(PEER_SERVICE_CONFIG)
 #: For peers served by this very process: no health checking, since a draining process still
 #: serves the nested calls its in-flight calls make (a NOT_SERVING check would block them).
-LOCAL_CHANNEL_OPTIONS = service_config_options(
-    service_config(
-        default=MethodPolicy(
-            retry=RetryPolicy(
-                max_attempts=3,
-                initial_backoff=0.05,
-                max_backoff=0.5,
-                retryable_codes=(grpc.StatusCode.UNAVAILABLE,),
-            ),
-        ),
-        retry_throttling=(20, 0.1),
-    )
+LOCAL_SERVICE_CONFIG = service_config(
+    default=MethodPolicy(retry=_PEER_RETRY), retry_throttling=(20, 0.1)
 )
-
-
-def _grpc_target(address: str) -> str:
-    """``a:1,b:2`` (a static list of replicas) → ``ipv4:a:1,b:2``; other targets unchanged."""
-    if "," in address and ":///" not in address and not address.startswith(("ipv4:", "ipv6:")):
-        return f"ipv4:{address}"
-    return address
+#: Opens when half of at least 10 calls in 30 s failed (UNAVAILABLE, DEADLINE_EXCEEDED ...);
+#: calls then fail at once with UNAVAILABLE/CIRCUIT_OPEN for 5 s, then one probe decides.
+PEER_BREAKER = BreakerPolicy(
+    failure_ratio=0.5, minimum_calls=10, window_calls=100, window_seconds=30.0, cooldown=5.0
+)
+#: At most this many calls in flight to one peer (and this many waiting) per process.
+PEER_BULKHEAD = (128, 512)
 
 
 @dataclass(frozen=True)
@@ -138,6 +134,7 @@ class ServiceContext:
     #: This process's own gRPC address (peers served here are dialled without health checks).
     local_address: str = ""
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    _breakers: dict[str, tuple[Bulkhead, CircuitBreaker]] = field(default_factory=dict)
     _databases: dict[str, Database] = field(default_factory=dict)
     _relays: list[OutboxRelay] = field(default_factory=list)
     _revocation_listeners: list[Callable[[str], None]] = field(default_factory=list)
@@ -183,22 +180,39 @@ class ServiceContext:
                 raise LookupError(
                     f"no address for peer {peer!r}: pass --{peer}-addr or SHOP_{peer.upper()}_ADDR"
                 ) from None
-            # with TLS, dial re-dials when the certificate files are replaced on disk
-            self._channels[key] = dial(
-                _grpc_target(target),
+            local = target == self.local_address
+            # with TLS, the channel re-dials when the certificate files are replaced on disk
+            self._channels[key] = connect(
+                target,
                 default_timeout=self.settings.call_timeout,
-                options=(
-                    LOCAL_CHANNEL_OPTIONS if target == self.local_address else PEER_CHANNEL_OPTIONS
-                ),
+                config=LOCAL_SERVICE_CONFIG if local else PEER_SERVICE_CONFIG,
                 tls=self.client_tls,
                 interceptors=[
                     *self.client_interceptors,
                     *credential_interceptors(
                         service_token=self.service_token, forward_user=forward_user
                     ),
+                    *self._protection(peer),
+                    *retry_info_interceptors(max_attempts=3, max_delay=2.0),
                 ],
             )
         return self._channels[key]
+
+    def _protection(self, peer: str) -> list[grpc.aio.ClientInterceptor]:
+        """The peer's bulkhead (outside) and circuit breaker, shared by its channels."""
+        if peer not in self._breakers:
+            limit, queue = PEER_BULKHEAD
+            self._breakers[peer] = (
+                Bulkhead(limit, max_queue=queue, name=peer),
+                CircuitBreaker(PEER_BREAKER, target=peer),
+            )
+        bulkhead, breaker = self._breakers[peer]
+        return [*bulkhead.interceptors(), *breaker.interceptors()]
+
+    def breaker(self, peer: str) -> CircuitBreaker | None:
+        """The circuit breaker of calls to ``peer`` (None before the first channel to it)."""
+        found = self._breakers.get(peer)
+        return found[1] if found is not None else None
 
     def start_outbox_relay(self, db: Database, table: sa.Table) -> OutboxRelay:
         """Start publishing a service's outbox to the bus; stopped by ``close()``."""
