@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
+import grpc
 import structlog
 
 from grpckit.errors import StatusError
@@ -83,12 +84,24 @@ class Compensator:
         elif action is Compensation.CANCEL_ORDER:
             await self._retry(action, lambda: peers.cancel_order(order_id, reason))
         elif action is Compensation.REFUND_CAPTURED:
-            payments = await self._retry(action, lambda: peers.list_payments(order_id))
+            # A payment whose outcome the saga never learned may still be PROCESSING (the
+            # provider call outlived our deadline): wait for it to settle, else it would be
+            # captured after this check and never refunded. Still unsettled after the retries:
+            # the compensation stalls and recovery tries again later.
+            payments = await self._retry(action, lambda: self._settled(order_id))
             captured = [
                 p.id for p in payments or () if p.status == payments_pb2.PAYMENT_STATUS_CAPTURED
             ]
             for captured_id in captured:
                 await self._refund(action, captured_id, reason)
+
+    async def _settled(self, order_id: str) -> Sequence[payments_pb2.Payment]:
+        found = await self._peers.list_payments(order_id)
+        if any(p.status == payments_pb2.PAYMENT_STATUS_PROCESSING for p in found):
+            raise StatusError(
+                grpc.StatusCode.UNAVAILABLE, f"a payment of order {order_id} is still processing"
+            )
+        return found
 
     async def _refund(self, action: Compensation, payment_id: str, reason: str) -> None:
         await self._retry(action, lambda: self._peers.refund_payment(payment_id, reason))

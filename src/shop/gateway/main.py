@@ -21,6 +21,10 @@ SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 RECOVERY_INTERVAL = 5.0
 
 
+#: Seconds the saga waits for a step beyond the call's own deadline.
+STEP_TIMEOUT_MARGIN = 0.5
+
+
 async def mount(app: App, ctx: ServiceContext) -> None:
     """Open the journal, wire the saga to the peers and register the service and its hooks."""
     settings = ctx.settings
@@ -35,7 +39,9 @@ async def mount(app: App, ctx: ServiceContext) -> None:
     )
     config = SagaConfig(
         saga_timeout=settings.saga_timeout,
-        step_timeout=settings.call_timeout,
+        # a backstop: each call's own gRPC deadline (call_timeout) fires first, so the client
+        # sees DEADLINE_EXCEEDED (which the circuit breaker counts), not a cancellation
+        step_timeout=settings.call_timeout + STEP_TIMEOUT_MARGIN,
         kill_after=Step(settings.fault_kill_after) if settings.fault_kill_after else None,
     )
     saga = OrderSaga(SagaStore(db), peers, config)
