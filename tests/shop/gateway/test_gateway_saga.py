@@ -141,6 +141,33 @@ async def test_payment_lost_reply_refunds_the_capture_found_after_cancelling(wor
     assert only_order(world).status == orders_pb2.ORDER_STATUS_CANCELLED
 
 
+async def test_a_payment_still_processing_is_waited_for_then_refunded(world: World) -> None:
+    """The payment outlived the saga's deadline: it is PROCESSING when compensation looks, and
+    captured a moment later. Compensation must not miss it (no charge for a cancelled order)."""
+    world.peers.fail_after["process_payment"].append(unavailable("deadline exceeded"))
+    listed = world.peers.list_payments
+    looks = 0
+
+    async def list_payments(order_id: str) -> list[payments_pb2.Payment]:
+        nonlocal looks
+        looks += 1
+        payments = list(await listed(order_id))
+        for payment in payments:  # settles on the third look
+            payment.status = (
+                payments_pb2.PAYMENT_STATUS_PROCESSING
+                if looks < 3
+                else payments_pb2.PAYMENT_STATUS_CAPTURED
+            )
+        return payments
+
+    world.peers.list_payments = list_payments  # type: ignore[method-assign]
+    await failure(world)
+    assert looks == 3
+    assert world.peers.names()[-1] == "refund_payment"
+    assert world.peers.captured() == []
+    assert await saga_state(world) is SagaState.COMPENSATED
+
+
 async def test_mark_paid_refused_refunds_releases_and_cancels_in_reverse(world: World) -> None:
     refused = failed_precondition("cancelled", reason="ORDER_NOT_PENDING", domain="shop")
     world.peers.fail_before["mark_order_paid"].append(refused)
