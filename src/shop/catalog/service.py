@@ -1,8 +1,16 @@
-"""The CatalogService servicer: validates requests, converts proto <-> domain, calls the store."""
+"""The CatalogService servicer: validates requests, converts proto <-> domain, calls the store.
+
+GetProduct and BatchGetProducts read through a :class:`~shop.catalog.cache.ProductCache` when
+one is given; every write that changes products invalidates them once it has committed
+(shielded from cancellation, so a caller hanging up cannot leave them cached). ListProducts
+and SearchProducts read the database: their results depend on the page and the query, and
+any stock change would invalidate every page holding the product.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from shop.api.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shop.catalog import validation
+from shop.catalog.cache import ProductCache
 from shop.catalog.domain import (
     ImportSummary,
     Product,
@@ -33,10 +42,18 @@ def utc_now() -> datetime:
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    """Products and stock over gRPC; every stock change is one store transaction."""
+    """Products and stock over gRPC; every stock change is one store transaction.
 
-    def __init__(self, store: CatalogStore, *, clock: Clock = utc_now) -> None:
-        self._store, self._clock = store, clock
+    ``cache``: where GetProduct and BatchGetProducts read first (None: the store only).
+
+    Example: ``CatalogServicer(CatalogStore(db), cache=ProductCache(redis))``
+    """
+
+    def __init__(
+        self, store: CatalogStore, *, clock: Clock = utc_now, cache: ProductCache | None = None
+    ) -> None:
+        self._store, self._clock, self._cache = store, clock, cache
+        self._invalidating: set[asyncio.Future[None]] = set()
 
     async def CreateProduct(
         self, request: catalog_pb2.CreateProductRequest, context: Context
@@ -44,19 +61,20 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         draft = validation.create_product(request)
         with status_errors():
             product = await self._store.add(draft, self._clock())
+        await self._invalidate([product.id])
         return catalog_pb2.CreateProductResponse(product=product_to_proto(product))
 
     async def GetProduct(
         self, request: catalog_pb2.GetProductRequest, context: Context
     ) -> catalog_pb2.GetProductResponse:
         (product,) = await self._existing([validation.product_id(request.product_id)])
-        return catalog_pb2.GetProductResponse(product=product_to_proto(product))
+        return catalog_pb2.GetProductResponse(product=product)
 
     async def BatchGetProducts(
         self, request: catalog_pb2.BatchGetProductsRequest, context: Context
     ) -> catalog_pb2.BatchGetProductsResponse:
         products = await self._existing(validation.product_ids(request.product_ids))
-        return catalog_pb2.BatchGetProductsResponse(products=map(product_to_proto, products))
+        return catalog_pb2.BatchGetProductsResponse(products=products)
 
     async def ListProducts(
         self, request: catalog_pb2.ListProductsRequest, context: Context
@@ -78,12 +96,15 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         order_id, lines = validation.reservation(request.order_id, request.items)
         with status_errors():
             await self._store.reserve(order_id, lines, self._clock())
+        await self._invalidate(line.product_id for line in lines)
         return catalog_pb2.ReserveStockResponse()
 
     async def ReleaseStock(
         self, request: catalog_pb2.ReleaseStockRequest, context: Context
     ) -> catalog_pb2.ReleaseStockResponse:
-        await self._store.release(validation.order_id(request.order_id), self._clock())
+        if await self._store.release(validation.order_id(request.order_id), self._clock()):
+            # the store does not say which products got stock back
+            await self._invalidate(None)
         return catalog_pb2.ReleaseStockResponse()
 
     async def ImportProducts(
@@ -100,21 +121,48 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             else:
                 batch.append(draft)
             if len(batch) >= IMPORT_BATCH_SIZE:
-                summary.stored(await self._store.upsert(batch, self._clock()))
+                summary.stored(await self._upsert(batch))
                 batch.clear()
             index += 1
         if batch:
-            summary.stored(await self._store.upsert(batch, self._clock()))
+            summary.stored(await self._upsert(batch))
         return import_to_proto(summary)
 
-    async def _existing(self, product_ids: Sequence[str]) -> list[Product]:
+    async def _upsert(self, batch: Sequence[ProductDraft]) -> list[bool]:
+        created = await self._store.upsert(batch, self._clock())
+        if not all(created):  # updated by sku: their ids are not known here
+            await self._invalidate(None)
+        return created
+
+    async def _invalidate(self, product_ids: Iterable[str] | None) -> None:
+        """Drop changed products (None: all) from the cache, even if this call is cancelled."""
+        if self._cache is None:
+            return
+        done: Awaitable[None] = (
+            self._cache.invalidate_all()
+            if product_ids is None
+            else self._cache.invalidate(list(product_ids))
+        )
+        task = asyncio.ensure_future(done)
+        self._invalidating.add(task)  # the loop keeps weak references only
+        task.add_done_callback(self._invalidating.discard)
+        await asyncio.shield(task)
+
+    async def _existing(self, product_ids: Sequence[str]) -> list[catalog_pb2.Product]:
         """The products in request order; NOT_FOUND naming the first unknown id."""
-        found = await self._store.get_many(product_ids)
+        if self._cache is None:
+            found = await self._load(product_ids)
+        else:
+            found = await self._cache.get_many(product_ids, self._load)
         with status_errors():
             for product_id in product_ids:
                 if product_id not in found:
                     raise ProductNotFoundError(product_id)
         return [found[product_id] for product_id in product_ids]
+
+    async def _load(self, product_ids: Sequence[str]) -> dict[str, catalog_pb2.Product]:
+        found = await self._store.get_many(product_ids)
+        return {product_id: product_to_proto(p) for product_id, p in found.items()}
 
     async def _page(
         self, page: Page, words: Sequence[str]

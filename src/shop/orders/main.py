@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from grpckit import App
-from shop.api.catalog.v1.catalog_pb2_grpc import CatalogServiceStub
 from shop.api.orders.v1 import orders_pb2, orders_pb2_grpc
 from shop.common.runtime import ServiceContext
+from shop.orders.catalog_client import catalog_client
 from shop.orders.service import OrderServicer
 from shop.orders.store import MIGRATIONS, OrdersStore, outbox
 
@@ -22,6 +22,6 @@ async def mount(app: App, ctx: ServiceContext) -> None:
     await db.migrate(MIGRATIONS)
     relay = ctx.start_outbox_relay(db, OUTBOX_TABLE)
     store = OrdersStore(db, on_events=relay.notify)
-    servicer = OrderServicer(store, CatalogServiceStub(ctx.channel("catalog")))
+    servicer = OrderServicer(store, catalog_client(ctx.channel("catalog")))
     app.add_service(orders_pb2_grpc.add_OrderServiceServicer_to_server, servicer, SERVICE)
     app.add_health_check(SERVICE.full_name, db.ping)
