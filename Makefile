@@ -17,7 +17,7 @@ $(BIN)/python:
 # `make run` needs the runtime only; `make test` and the checks add the dev tools.
 $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	@echo ">> installing grpckit-shop into $(VENV)"
-	@$(BIN)/python -m pip install --progress-bar off -e '.[postgres,metrics,tracing]'
+	@$(BIN)/python -m pip install --progress-bar off -e '.[postgres,metrics,tracing,redis,nats]'
 	@touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml | $(BIN)/python

@@ -429,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "token":
             return asyncio.run(terminal.token(ns, env))
         return asyncio.run(terminal.watch(ns, env))
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError, ConnectionError) as exc:
         print(f"shop: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from grpckit.interceptors import audit, validation
 from grpckit.metrics import render
 from grpckit.tracing import configure_from_env
 from shop.common.audit import AuditLog, ServiceAuditSink
-from shop.common.bus import InMemoryEventBus
+from shop.common.bus import open_bus
 from shop.common.runtime import SERVICES, ServiceContext, Settings
 from shop.ops_http import OpsServer, Route, json_response
 from shop.security import Security
@@ -108,9 +108,11 @@ async def run(
     port = app.bind()
     local = f"127.0.0.1:{port}"
     peers = {s: config.peers.get(s, local) for s in SERVICES}
+    bus = await open_bus(settings.nats_url, name=name)
+    app.on_stop(bus.close)  # after ctx.close (hooks run in reverse): relays stop first
     ctx = ServiceContext(
         settings=settings,
-        bus=InMemoryEventBus(),
+        bus=bus,
         peers=peers,
         logger=log,
         client_interceptors=[

@@ -1,8 +1,15 @@
 """The event bus between services: publish batches of domain events, subscribe by group.
 
-``InMemoryEventBus`` serves the all-in-one process; a NATS JetStream bus implements the same
-protocol for the distributed mode. Delivery is at-least-once: handlers must drop duplicates by
-event id (analytics does).
+``InMemoryEventBus`` serves the all-in-one process; ``NatsEventBus`` (shop.common.bus_nats, the
+``nats`` extra) implements the same protocol on NATS JetStream for the distributed mode.
+Delivery is at-least-once: handlers must drop duplicates by event id (analytics does).
+
+Example::
+
+    bus = await open_bus(settings.nats_url, name="orders")   # None: the in-process bus
+    subscription = await bus.subscribe("analytics", handle_batch)
+    await bus.publish(events)
+    await bus.close()
 """
 
 from __future__ import annotations
@@ -30,6 +37,29 @@ class EventBus(Protocol):
     async def subscribe(self, group: str, handler: Handler) -> Subscription:
         """Call ``handler`` with every batch published from now on, once per group."""
         ...
+
+
+class ClosableEventBus(EventBus, Protocol):
+    """An event bus its opener closes when the process stops."""
+
+    async def close(self) -> None:
+        """Close the subscriptions and release the connection."""
+        ...
+
+
+async def open_bus(nats_url: str | None, *, name: str = "shop") -> ClosableEventBus:
+    """NATS JetStream at ``nats_url`` (``NatsEventBus``), or the in-process bus when ``None``.
+
+    Raises ``ConnectionError`` (``NatsUnavailableError``) naming the URL when NATS cannot be
+    reached or has no JetStream.
+
+    Example: ``bus = await open_bus("nats://127.0.0.1:4222", name="orders")``
+    """
+    if nats_url is None:
+        return InMemoryEventBus()
+    from shop.common.bus_nats import NatsEventBus
+
+    return await NatsEventBus.connect(nats_url, name=name)
 
 
 class _MemorySubscription:
@@ -69,6 +99,10 @@ class InMemoryEventBus:
         sub = _MemorySubscription(self, group, handler)
         self._subscriptions.append(sub)
         return sub
+
+    async def close(self) -> None:
+        """Drop every subscription."""
+        self._subscriptions.clear()
 
     def _remove(self, sub: _MemorySubscription) -> None:
         if sub in self._subscriptions:
