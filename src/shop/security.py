@@ -238,7 +238,7 @@ class Security:
 
         async def fetch() -> Mapping[str, Any]:
             stub = users_pb2_grpc.UserServiceStub(channel())
-            reply = await stub.GetJwks(users_pb2.GetJwksRequest(), timeout=2.0)
+            reply = await stub.GetJwks(users_pb2.GetJwksRequest(), timeout=5.0)
             return json_format.MessageToDict(reply, preserving_proto_field_name=True)
 
         self._jwks_fetch = fetch

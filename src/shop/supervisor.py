@@ -11,6 +11,8 @@ channels and event loops are created after the fork, as grpc requires). The supe
   ``process.ready``) and logs one ``ready`` line listing every process: service, replica, pid,
   address;
 * restarts a process that dies, with a backoff (0.5 s doubling to 10 s, reset after 30 s up);
+* on SIGHUP replaces every process, one at a time (a rolling restart: each drains before it
+  goes, and the next is touched only once its replacement is ready);
 * on SIGINT/SIGTERM forwards SIGTERM to every child (the gateway first, so no new saga starts
   while its peers drain), waits for them, and exits 0.
 
@@ -89,6 +91,8 @@ class ProcessSpec:
     address: str = ""
     http_address: str | None = None
     restarts: int = 0
+    #: Set while a rolling restart replaces this process: restart at once, not a crash.
+    rolling: bool = False
     started_at: float = 0.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -213,6 +217,10 @@ class Supervisor:
         code = await proc.wait()
         if self._stopping.is_set():
             return
+        if spec.rolling:
+            spec.rolling = False
+            await self._spawn(spec)
+            return
         ran = time.monotonic() - spec.started_at
         spec.restarts = 0 if ran > STABLE_AFTER else spec.restarts + 1
         delay = min(0.5 * 2 ** max(spec.restarts - 1, 0), BACKOFF_MAX)
@@ -246,6 +254,29 @@ class Supervisor:
                     f"{service} did not become ready within {READY_TIMEOUT:.0f} s; "
                     "its log lines above say why"
                 ) from None
+
+    async def rolling_restart(self) -> None:
+        """Replace every process, one at a time in start order: SIGTERM (it drains: in-flight
+        calls finish, peers stop routing to it), start it again, wait until it is ready."""
+        _LOG.info("rolling_restart.started", processes=len(self.specs))
+        for spec in self.specs:
+            if self._stopping.is_set():
+                return
+            proc = spec.proc
+            if proc is None or proc.returncode is not None:
+                continue
+            spec.rolling = True
+            spec.ready.clear()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(spec.ready.wait(), self.grace + READY_TIMEOUT)
+            except TimeoutError:
+                _LOG.error("rolling_restart.stuck", process=spec.name)
+                return
+            _LOG.info(
+                "rolling_restart.replaced", process=spec.name, pid=spec.proc and spec.proc.pid
+            )
+        _LOG.info("rolling_restart.finished", processes=len(self.specs))
 
     def processes(self) -> list[dict[str, object]]:
         """Every process: service, replica, pid, addresses, restarts (for the ready line)."""
@@ -287,6 +318,15 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        rolling: set[asyncio.Task[None]] = set()
+
+        def roll() -> None:
+            if not rolling:  # one rolling restart at a time
+                task = asyncio.ensure_future(self.rolling_restart())
+                rolling.add(task)
+                task.add_done_callback(rolling.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, roll)
         try:
             await self.start()
         except BaseException:

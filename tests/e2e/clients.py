@@ -163,10 +163,27 @@ def connect(address: str, *, users: str | None = None) -> grpc.aio.Channel:
 
     ``users``: where to log the admin in when ``address`` does not serve UserService.
     """
-    users_address = users or address
-    return grpc.aio.insecure_channel(
-        address,
-        interceptors=[
-            cls(users_address) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
-        ],
-    )
+    return grpc.aio.insecure_channel(address, interceptors=act_as(users or address))
+
+
+def act_as(users_address: str) -> list[Any]:
+    """The client interceptors :func:`connect` installs (for channels made another way)."""
+    return [cls(users_address) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
+
+
+async def all_orders(stubs: Stubs, user_id: str) -> list[Any]:
+    """Every order of ``user_id`` (all pages), read with that customer's token."""
+    from shop.api.orders.v1 import orders_pb2
+
+    orders: list[Any] = []
+    token = ""
+    while True:
+        page = await stubs.orders.ListOrders(
+            orders_pb2.ListOrdersRequest(user_id=user_id, page_size=100, page_token=token),
+            metadata=bearer(TOKENS[user_id]),
+            timeout=10,
+        )
+        orders.extend(page.orders)
+        token = page.next_page_token
+        if not token:
+            return orders

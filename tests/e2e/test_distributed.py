@@ -23,10 +23,12 @@ import grpc
 import pytest
 from google.type import money_pb2
 
+from grpckit.client import MethodPolicy, RetryPolicy, service_config
+from grpckit.client import connect as grpckit_connect
 from shop.api.catalog.v1 import catalog_pb2
 from shop.api.orders.v1 import orders_pb2
 from shop.api.payments.v1 import payments_pb2
-from tests.e2e.clients import TOKENS, Stubs, bearer, connect, order_request
+from tests.e2e.clients import APPROVE, Stubs, act_as, all_orders, connect, order_request
 from tests.e2e.harness import ShopProcess
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +63,20 @@ def distributed(tmp_path: Path, postgres_url: str) -> Iterator[ShopProcess]:
         assert shop.stop() == 0
 
 
+async def big_stock(stubs: Stubs, name: str) -> catalog_pb2.Product:
+    """A product created as the admin, with enough stock that no order fails for want of it."""
+    created = await stubs.catalog.CreateProduct(
+        catalog_pb2.CreateProductRequest(
+            sku=f"{name}-{os.getpid()}",
+            name=name,
+            price=money_pb2.Money(currency_code="USD", units=3),
+            stock=100_000,
+        ),
+        timeout=10,
+    )
+    return created.product
+
+
 def processes(shop: ShopProcess) -> list[dict[str, Any]]:
     ready = shop.wait_for(lambda r: r.get("event") == "ready")
     return list(ready["processes"])
@@ -93,16 +109,7 @@ async def test_killing_replicas_under_load_loses_nothing(
     ):
         gateway = Stubs.on(gateway_ch).gateway
         customers = [await Stubs.on(users_ch).customer() for _ in range(4)]
-        created = await Stubs.on(catalog_ch).catalog.CreateProduct(
-            catalog_pb2.CreateProductRequest(
-                sku=f"load-{os.getpid()}",
-                name="Load test",
-                price=money_pb2.Money(currency_code="USD", units=3),
-                stock=100_000,
-            ),
-            timeout=10,
-        )  # as the admin: enough stock that no order fails for want of it
-        product = created.product
+        product = await big_stock(Stubs.on(catalog_ch), "load")
         outcomes: list[tuple[str, grpc.StatusCode]] = []
         stop = asyncio.Event()
 
@@ -160,26 +167,21 @@ async def _reconcile(
         connect(orders_addr, users=users_addr) as orders_ch,
         connect(payments_addr, users=users_addr) as payments_ch,
     ):
-        orders = Stubs.on(orders_ch).orders
         payments = Stubs.on(payments_ch).payments
         deadline = time.monotonic() + 30
         for user_id in customers:
             while True:
-                listed = await orders.ListOrders(
-                    orders_pb2.ListOrdersRequest(user_id=user_id, page_size=1000),
-                    metadata=bearer(TOKENS[user_id]),
-                    timeout=10,
-                )
-                pending = [o for o in listed.orders if o.status == orders_pb2.ORDER_STATUS_PENDING]
+                listed = await all_orders(Stubs.on(orders_ch), user_id)
+                pending = [o for o in listed if o.status == orders_pb2.ORDER_STATUS_PENDING]
                 if not pending or time.monotonic() > deadline:
                     break  # sagas interrupted by a kill are recovered by the gateway
                 await asyncio.sleep(1)
-            statuses = Counter(o.status for o in listed.orders)
+            statuses = Counter(o.status for o in listed)
             assert statuses[orders_pb2.ORDER_STATUS_PENDING] == 0, statuses
             # a success the caller saw is a PAID order; a PAID order may also come from a call
             # whose reply was lost (a clean error) - never the other way round
             assert statuses[orders_pb2.ORDER_STATUS_PAID] >= paid_by_user[user_id]
-            for order in listed.orders:
+            for order in listed:
                 found = await payments.ListPayments(
                     payments_pb2.ListPaymentsRequest(order_id=order.id), timeout=10
                 )
@@ -191,3 +193,67 @@ async def _reconcile(
                     assert captured[0].amount == order.total
                 else:
                     assert captured == [], (order.id, found.payments)
+
+
+async def test_rolling_restart_under_load_fails_no_call(tmp_path: Path, postgres_url: str) -> None:
+    """SIGHUP: the supervisor replaces every process one by one while customers order. Graceful
+    drain, client-side health checks, waitForReady and retries: not one call fails."""
+    shop = ShopProcess(
+        tmp_path / "data",
+        ["--database-url", postgres_url, "--replicas", "orders=2,payments=2",
+         "--call-timeout", "10"],
+        command=("up", "--distributed", "--grpc-port", "0", "--http-port", "0"),
+    ).start()  # fmt: skip
+    try:
+        users_addr = address_of(shop, "users")
+        # how a client should call a gateway that may restart: wait for a SERVING backend,
+        # retry UNAVAILABLE (a draining server refuses new calls with it)
+        config = service_config(
+            default=MethodPolicy(
+                wait_for_ready=True,
+                retry=RetryPolicy(
+                    max_attempts=5,
+                    initial_backoff=0.2,
+                    max_backoff=2.0,
+                    retryable_codes=(grpc.StatusCode.UNAVAILABLE,),
+                ),
+            ),
+            load_balancing="round_robin",
+            health_check_service="",
+        )
+        gateway_ch = grpckit_connect(
+            shop.grpc_address, config=config, interceptors=act_as(users_addr), default_timeout=None
+        )
+        async with gateway_ch, connect(users_addr) as users_ch:
+            customers = [await Stubs.on(users_ch).customer() for _ in range(3)]
+            async with connect(address_of(shop, "catalog"), users=users_addr) as catalog_ch:
+                product = await big_stock(Stubs.on(catalog_ch), "rolling")
+            gateway = Stubs.on(gateway_ch).gateway
+            outcomes: list[tuple[grpc.StatusCode, str]] = []
+            stop = asyncio.Event()
+
+            async def shopper(user_id: str) -> None:
+                while not stop.is_set():
+                    try:
+                        await gateway.ProcessOrder(
+                            order_request(user_id, product.id, card=APPROVE), timeout=30
+                        )
+                        outcomes.append((grpc.StatusCode.OK, ""))
+                    except grpc.aio.AioRpcError as err:
+                        outcomes.append((err.code(), str(err.details())))
+
+            load = [asyncio.create_task(shopper(c)) for c in customers]
+            assert shop.proc is not None
+            shop.signal(signal.SIGHUP)
+            await asyncio.to_thread(
+                shop.wait_for, lambda r: r.get("event") == "rolling_restart.finished", 240
+            )
+            stop.set()
+            await asyncio.gather(*load)
+        replaced = [r for r in shop.records if r.get("event") == "rolling_restart.replaced"]
+        assert len(replaced) == 8
+        failed = [o for o in outcomes if o[0] != grpc.StatusCode.OK]
+        assert not failed, failed
+        assert len(outcomes) > 20
+    finally:
+        assert shop.stop() == 0

@@ -57,9 +57,7 @@ async def test_slow_payments_trip_the_breaker_and_it_heals(tmp_path: Path) -> No
             async def attempt() -> tuple[grpc.StatusCode, str, float]:
                 started = time.monotonic()
                 try:
-                    await stubs.gateway.ProcessOrder(
-                        order_request(user_id, product.id), timeout=20
-                    )
+                    await stubs.gateway.ProcessOrder(order_request(user_id, product.id), timeout=20)
                     return grpc.StatusCode.OK, "", time.monotonic() - started
                 except grpc.aio.AioRpcError as err:
                     status = StatusError.from_rpc_error(err)

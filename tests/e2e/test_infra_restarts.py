@@ -28,7 +28,7 @@ from shop.api.analytics.v1 import analytics_pb2
 from shop.api.catalog.v1 import catalog_pb2
 from shop.api.orders.v1 import orders_pb2
 from tests.conftest import IN_CI
-from tests.e2e.clients import TOKENS, Stubs, bearer, connect, order_request
+from tests.e2e.clients import Stubs, all_orders, connect, order_request
 from tests.e2e.harness import ShopProcess
 
 pytestmark = pytest.mark.e2e
@@ -167,12 +167,8 @@ async def test_restarting_redis_and_nats_under_load_loses_no_event(
             assert set(codes) == {grpc.StatusCode.OK}, codes  # the bus is behind the outbox
             paid = 0
             for user_id in customers:
-                listed = await Stubs.on(orders_ch).orders.ListOrders(
-                    orders_pb2.ListOrdersRequest(user_id=user_id, page_size=1000),
-                    metadata=bearer(TOKENS[user_id]),
-                    timeout=10,
-                )
-                paid += sum(o.status == orders_pb2.ORDER_STATUS_PAID for o in listed.orders)
+                listed = await all_orders(Stubs.on(orders_ch), user_id)
+                paid += sum(o.status == orders_pb2.ORDER_STATUS_PAID for o in listed)
             assert paid == codes[grpc.StatusCode.OK]
 
             window = duration_pb2.Duration(seconds=60)

@@ -293,3 +293,25 @@ def test_methods_without_the_option_have_no_policy() -> None:
 def test_an_empty_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="needs public, authenticated or at least one role"):
         AccessPolicy()
+
+
+async def test_unreachable_keys_are_unavailable_not_unauthenticated() -> None:
+    """While the issuer's keys were never fetched (it is restarting), a token cannot be judged:
+    the caller is told to retry, not that its token is bad."""
+    from grpckit.auth import RemoteJwks
+
+    async def down() -> dict[str, Any]:
+        raise ConnectionError("issuer down")
+
+    verifier = TokenVerifier(RemoteJwks(down), issuers=["test.users"], audience="test")
+    async with serve_in_process(
+        PingServicer(),
+        interceptors=[
+            authentication(verifier),
+            authorization({PING: AccessPolicy(authenticated=True)}),
+        ],
+    ) as server:
+        code, reason = await code_of(
+            server.ping.Ping(ping_pb2.PingRequest(), metadata=bearer(USERS.issue("u1").value))
+        )
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "KEYS_UNAVAILABLE")

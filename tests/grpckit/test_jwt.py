@@ -27,6 +27,7 @@ from grpckit.auth._jwt import Claims, InvalidTokenError, TokenSigner, TokenVerif
 from grpckit.auth._keys import (
     KeySet,
     KeySource,
+    KeySourceUnavailableError,
     PublicKey,
     RemoteJwks,
     SigningKey,
@@ -678,15 +679,18 @@ async def test_refresh_is_single_flight_and_rate_limited() -> None:
     assert issuer.fetches == 2
 
 
-async def test_failing_fetch_logs_returns_none_and_retries_until_loaded(
+async def test_failing_fetch_says_unavailable_and_retries_until_loaded(
     key: SigningKey,
 ) -> None:
     issuer = Issuer(key)
     issuer.fail = True
     source = remote(issuer, Clock(100.0))
     with capture_logs() as logs:
-        assert await source.key(key.kid) is None
-        assert await source.key(key.kid) is None  # never loaded: no rate limit yet
+        # never loaded: no verdict on the token is possible yet (not "unknown key")
+        with pytest.raises(KeySourceUnavailableError):
+            await source.key(key.kid)
+        with pytest.raises(KeySourceUnavailableError):  # and no rate limit yet
+            await source.key(key.kid)
     assert issuer.fetches == 2
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
         "auth.jwks_refresh_failed"
@@ -720,6 +724,6 @@ async def test_malformed_document_is_a_failed_refresh(key: SigningKey) -> None:
         return {"keys": "nope"}
 
     source = RemoteJwks(fetch)
-    with capture_logs() as logs:
-        assert await source.key(key.kid) is None
+    with capture_logs() as logs, pytest.raises(KeySourceUnavailableError):
+        await source.key(key.kid)
     assert any(e["event"] == "auth.jwks_refresh_failed" for e in logs)

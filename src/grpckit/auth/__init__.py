@@ -19,6 +19,7 @@ from grpckit.auth._jwt import Claims, InvalidTokenError, IssuedToken, TokenSigne
 from grpckit.auth._keys import (
     KeySet,
     KeySource,
+    KeySourceUnavailableError,
     PublicKey,
     RemoteJwks,
     SigningKey,
@@ -46,6 +47,7 @@ __all__ = [
     "IssuedToken",
     "KeySet",
     "KeySource",
+    "KeySourceUnavailableError",
     "Principal",
     "PublicKey",
     "RemoteJwks",

@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from grpckit.auth._keys import KeySourceUnavailableError
 from grpckit.auth._policy import AccessPolicy, declared_policy, policies_of
 from grpckit.auth._principal import ANONYMOUS, SERVICE_ROLE, Principal
 from grpckit.call import CallInfo
-from grpckit.errors import StatusError, permission_denied, unauthenticated
+from grpckit.errors import StatusError, permission_denied, unauthenticated, unavailable
 from grpckit.middleware import Interceptor, Next
 
 __all__ = [
@@ -103,6 +104,13 @@ class _Authentication:
             return await verifier.verify(token)
         except StatusError:
             raise
+        except KeySourceUnavailableError:
+            raise unavailable(
+                "cannot verify tokens right now: the signing keys are not reachable; retry shortly",
+                reason="KEYS_UNAVAILABLE",
+                domain=DOMAIN,
+                retry_after=1.0,
+            ) from None
         except Exception as exc:
             reason = str(getattr(exc, "reason", "") or "invalid")
             message = _MESSAGES.get(reason, "the access token is not valid")

@@ -45,6 +45,7 @@ from grpckit.logs import get_logger
 __all__ = [
     "KeySet",
     "KeySource",
+    "KeySourceUnavailableError",
     "PublicKey",
     "RemoteJwks",
     "SigningKey",
@@ -355,6 +356,14 @@ class StaticKeys:
         return f"StaticKeys({self._keys!r})"
 
 
+class KeySourceUnavailableError(ConnectionError):
+    """The keys cannot be fetched and none were ever loaded: a token cannot be judged now.
+
+    Not a verdict on the token: callers should answer "retry later" (UNAVAILABLE), not
+    UNAUTHENTICATED.
+    """
+
+
 class RemoteJwks:
     """A :class:`KeySource` over a JWKS document fetched by ``fetch``, refreshed on demand.
 
@@ -363,7 +372,9 @@ class RemoteJwks:
     once per ``min_refresh_interval`` seconds (by ``clock``), except while no document was
     ever loaded, so a flood of tokens with made-up kids cannot hammer the issuer. A failing
     fetch or a malformed document logs a warning and keeps the keys already known; the caller
-    gets None, never the exception.
+    gets None for an unknown ``kid``, never the fetch's exception — except while no document
+    was ever loaded: then :class:`KeySourceUnavailableError` says the token cannot be judged
+    yet (the issuer may be restarting).
 
     Example::
 
@@ -408,7 +419,12 @@ class RemoteJwks:
             task = self._start_refresh()
         # shield: a caller cancelled while waiting must not cancel the fetch others share
         await asyncio.shield(task)
-        return self._keys.get(kid)
+        found = self._keys.get(kid)
+        if found is None and not self._loaded:
+            raise KeySourceUnavailableError(
+                "the signing keys could not be fetched yet (is the issuer reachable?)"
+            )
+        return found
 
     def _may_refresh(self) -> bool:
         if not self._loaded or self._last_refresh is None:
