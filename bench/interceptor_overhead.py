@@ -20,7 +20,10 @@ Two tables:
      rejects) → ``authentication`` (a real ``TokenVerifier`` over ``StaticKeys`` with an
      Ed25519 key; the client sends an EdDSA token signed by ``TokenSigner``) →
      ``authorization`` (an explicit policy table: the Ping methods need any signed-in caller);
-   * ``sec-nocache`` — the same with the verifier's cache off (``cache_size=0``): every call
+   * ``notr+sec`` — the chain without tracing, then the same security interceptors: what
+     ``shop up`` runs by default (tracing is on only when ``OTEL_*`` variables configure it;
+     the shop adds the audit trail and validation on top, not measured here);
+   * ``sec-nocache`` — ``chain+sec`` with the verifier's cache off (``cache_size=0``): every call
      checks the signature, which is what the cache saves;
    * ``auth-only`` — ``authentication`` + ``authorization`` alone (cached verifier), no other
      interceptor.
@@ -146,7 +149,7 @@ def auth(key: SigningKey, cache_size: int = 10_000) -> list[Interceptor]:
     return [authentication(verifier(key, cache_size)), authorization(POLICIES)]
 
 
-def bearer(key: SigningKey) -> tuple[tuple[str, str], ...]:
+def bearer(key: SigningKey) -> Md:
     """Call metadata with an hour-long EdDSA token signed by ``key``."""
     token = TokenSigner(key, issuer=ISSUER, audience=AUDIENCE, ttl=3600).issue("u-1")
     return (("authorization", f"Bearer {token.value}"),)
@@ -185,6 +188,8 @@ def chain_of(config: str, key: SigningKey) -> list[Interceptor]:
         return full_chain(traced=False, echo="trailing")
     if config == "chain+sec":
         return [*full_chain(), *security(key)]
+    if config == "notr+sec":
+        return [*full_chain(traced=False), *security(key)]
     if config == "sec-nocache":
         return [*full_chain(), *security(key, cache_size=0)]
     if config == "auth-only":
@@ -308,6 +313,7 @@ CONFIGS = (
     "no-tracing",
     "no-tr-trl",
     "chain+sec",
+    "notr+sec",
     "sec-nocache",
     "auth-only",
 )

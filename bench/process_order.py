@@ -150,16 +150,17 @@ async def leak_check(shop: ShopProcess, total: int, buyers: list[Customer]) -> N
     products = await bench_products(shop.grpc_address, 20, "LEAK")
     async with grpc.aio.insecure_channel(shop.grpc_address) as ch:
         gateway = gateway_pb2_grpc.GatewayServiceStub(ch)
-        done = 0
-        marks = {1000: 0.0, total: 0.0}
+        started = finished = 0
+        first = min(1000, total)
+        marks = {first: 0.0, total: 0.0}
         failed: dict[str, int] = {}
 
-        async def worker(index: int) -> None:
-            nonlocal done
-            while done < total:
-                done += 1
-                buyer = buyers[done % len(buyers)]
-                product = products[done % len(products)]
+        async def worker() -> None:
+            nonlocal started, finished
+            while started < total:
+                started += 1
+                buyer = buyers[started % len(buyers)]
+                product = products[started % len(products)]
                 try:
                     await gateway.ProcessOrder(
                         order_request(buyer.user_id, product.id),
@@ -168,17 +169,18 @@ async def leak_check(shop: ShopProcess, total: int, buyers: list[Customer]) -> N
                     )
                 except grpc.aio.AioRpcError as err:
                     failed[err.code().name] = failed.get(err.code().name, 0) + 1
-                if done in marks:
-                    marks[done] = rss.memory_info().rss / 2**20
-                if done % 1000 == 0:
+                finished += 1
+                if finished in marks:
+                    marks[finished] = rss.memory_info().rss / 2**20
+                if finished % 1000 == 0:
                     print(
-                        f"    {done} orders, RSS {rss.memory_info().rss / 2**20:.0f} MiB",
+                        f"    {finished} orders, RSS {rss.memory_info().rss / 2**20:.0f} MiB",
                         flush=True,
                     )
 
-        await asyncio.gather(*(worker(i) for i in range(16)))
+        await asyncio.gather(*(worker() for _ in range(16)))
     print(
-        f"  RSS after 1,000 orders {marks[1000]:.0f} MiB, after {total:,} orders {marks[total]:.0f} MiB (growth {marks[total] - marks[1000]:+.0f} MiB); failed calls {error_text(failed)}"
+        f"  RSS after {first:,} orders {marks[first]:.0f} MiB, after {total:,} orders {marks[total]:.0f} MiB (growth {marks[total] - marks[first]:+.0f} MiB); failed calls {error_text(failed)}"
     )
 
 
