@@ -214,22 +214,30 @@ class CatalogStore:
         return await _once_more_on_conflict(lambda: self._release(order_id, now))
 
     async def _release(self, order_id: str, now: datetime) -> bool:
-        async with self._db.transaction() as session:
-            released = await session.execute(
-                sa.update(ReservationRow)
-                .where(
-                    ReservationRow.order_id == order_id,
-                    ReservationRow.status == ReservationStatus.RESERVED.value,
-                )
-                .values(status=ReservationStatus.RELEASED.value, updated_at=now)
+        mark_released = (
+            sa.update(ReservationRow)
+            .where(
+                ReservationRow.order_id == order_id,
+                ReservationRow.status == ReservationStatus.RESERVED.value,
             )
+            .values(status=ReservationStatus.RELEASED.value, updated_at=now)
+        )
+        async with self._db.transaction() as session:
+            released = await session.execute(mark_released)
             if _rowcount(released) == 0:
-                if await _reservation(session, order_id) is None:
+                existing = await _reservation(session, order_id)
+                if existing is None:
                     session.add(ReservationRow(
                         order_id=order_id, status=ReservationStatus.RELEASED.value,
                         created_at=now, updated_at=now,
                     ))  # fmt: skip
-                return False
+                    return False
+                if existing.status is not ReservationStatus.RESERVED:
+                    return False
+                # A concurrent ReserveStock committed between our UPDATE and SELECT (each
+                # statement sees its own snapshot under READ COMMITTED): release it now.
+                if _rowcount(await session.execute(mark_released)) == 0:
+                    return False
             for line in await _lines(session, order_id):
                 await session.execute(
                     sa.update(ProductRow)
