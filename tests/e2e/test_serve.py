@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +96,30 @@ async def test_order_saga_across_processes(cluster: dict[str, ShopProcess]) -> N
     finally:
         for channel in channels.values():
             await channel.close()
+
+
+async def test_workers_share_one_port_and_survive_one_dying(tmp_path: Path) -> None:
+    """`shop serve users --workers 2`: two processes on one port (SO_REUSEPORT); when one is
+    killed the other keeps serving and the supervisor brings the first back."""
+    shop = ShopProcess(
+        tmp_path / "data", command=("serve", "users", "--port", "0", "--workers", "2")
+    ).start()
+    try:
+        ready = shop.wait_for(lambda r: r.get("event") == "ready")
+        workers = ready["processes"]
+        assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2
+        assert {w["address"].rpartition(":")[2] for w in workers} == {
+            shop.grpc_address.rpartition(":")[2]
+        }
+        async with connect(shop.grpc_address) as channel:
+            await Stubs.on(channel).customer()
+        os.kill(workers[0]["pid"], signal.SIGKILL)
+        for _ in range(5):  # new connections: the kernel hands them to the living worker
+            async with connect(shop.grpc_address) as channel:
+                await Stubs.on(channel).customer()
+        restarted = await asyncio.to_thread(
+            shop.wait_for, lambda r: r.get("event") == "process.restarted", 30
+        )
+        assert restarted["process"] == "users#0"
+    finally:
+        assert shop.stop() == 0
