@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import sqlalchemy as sa
@@ -71,13 +73,37 @@ async def require_redis() -> None:
     if _REDIS_PROBLEM is False:
         _REDIS_PROBLEM = await _redis_problem()
     if _REDIS_PROBLEM:
-        message = (
+        unavailable(
             f"Redis unreachable at {REDIS_URL} ({_REDIS_PROBLEM}); start it or set "
             "SHOP_TEST_REDIS_URL to a redis:// URL to run these tests"
         )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+
+
+@contextlib.asynccontextmanager
+async def redis_keyspace(label: str) -> AsyncIterator[str]:
+    """A key prefix of its own in the test Redis (skips/fails like :func:`require_redis`);
+    every key under it is deleted afterwards."""
+    from redis.asyncio import Redis
+
+    await require_redis()
+    prefix = f"test:{label}:{uuid.uuid4().hex}:"
+    try:
+        yield prefix
+    finally:
+        client = Redis.from_url(REDIS_URL)
+        try:
+            keys = [key async for key in client.scan_iter(match=prefix + "*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+
+def unavailable(message: str) -> NoReturn:
+    """A service the test needs is missing: a failure under CI=true, a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def require_postgres() -> None:
@@ -86,13 +112,10 @@ def require_postgres() -> None:
     if _PG_PROBLEM is False:
         _PG_PROBLEM = _postgres_reachable()
     if _PG_PROBLEM:
-        message = (
+        unavailable(
             f"PostgreSQL unreachable ({_PG_PROBLEM}); start it or set SHOP_TEST_POSTGRES_URL "
             "to a postgresql+asyncpg:// URL to run these tests"
         )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

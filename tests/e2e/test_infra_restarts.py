@@ -27,7 +27,7 @@ from google.type import money_pb2
 from shop.api.analytics.v1 import analytics_pb2
 from shop.api.catalog.v1 import catalog_pb2
 from shop.api.orders.v1 import orders_pb2
-from tests.conftest import IN_CI
+from tests.conftest import unavailable
 from tests.e2e.clients import Stubs, all_orders, connect, order_request
 from tests.e2e.harness import ShopProcess
 
@@ -39,10 +39,7 @@ def _binary(name: str) -> str:
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
     )
     if found is None:
-        message = f"{name} not found: apt-get install redis-server nats-server to run this test"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} not found: apt-get install redis-server nats-server to run this test")
     return found
 
 

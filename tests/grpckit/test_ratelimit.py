@@ -8,7 +8,6 @@ elsewhere they are skipped with a message saying how to enable them.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -24,7 +23,7 @@ from grpckit.interceptors._ratelimit import by_metadata, by_method, by_peer_ip, 
 from grpckit.ratelimit import Decision, Limiter, MemoryLimiter, RedisLimiter, Rule
 from grpckit.testing import FakeServicerContext, PingServicer, fake_call, serve_in_process
 from grpckit.testing.api.v1 import ping_pb2
-from tests.conftest import REDIS_URL, require_redis
+from tests.conftest import REDIS_URL, redis_keyspace
 
 PING = "/grpckit.testing.v1.PingService/Ping"
 
@@ -293,16 +292,8 @@ async def test_interceptor_with_rule_function() -> None:
 
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
-    await require_redis()
-    value = f"test:ratelimit:{uuid.uuid4().hex}:"
-    yield value
-    client = Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=value + "*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    async with redis_keyspace("ratelimit") as value:
+        yield value
 
 
 @pytest.fixture

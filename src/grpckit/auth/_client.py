@@ -21,6 +21,7 @@ import grpc
 from grpckit.auth._interceptors import AUTHORIZATION_KEY, SERVICE_AUTHORIZATION_KEY
 from grpckit.auth._principal import SERVICE_ROLE, Principal
 from grpckit.call import current_call
+from grpckit.client._kinds import Continuation, every_kind
 
 __all__ = ["ServiceTokens", "credential_interceptors"]
 
@@ -78,46 +79,6 @@ def _details(
     )
 
 
-Continuation = Callable[[Any, Any], Any]
-
-
-class _Base:
-    def __init__(self, service_token: Callable[[], str] | None, forward_user: bool) -> None:
-        self._service_token = service_token
-        self._forward = forward_user
-
-    def _with(self, details: Any) -> Any:
-        return _details(details, self._service_token, self._forward)
-
-
-class _UnaryUnary(_Base, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_unary_unary(
-        self, continuation: Continuation, client_call_details: Any, request: Any
-    ) -> Any:
-        return await continuation(self._with(client_call_details), request)
-
-
-class _UnaryStream(_Base, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_unary_stream(
-        self, continuation: Continuation, client_call_details: Any, request: Any
-    ) -> Any:
-        return await continuation(self._with(client_call_details), request)
-
-
-class _StreamUnary(_Base, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_stream_unary(
-        self, continuation: Continuation, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._with(client_call_details), request_iterator)
-
-
-class _StreamStream(_Base, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_stream_stream(
-        self, continuation: Continuation, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._with(client_call_details), request_iterator)
-
-
 def credential_interceptors(
     *, service_token: Callable[[], str] | None = None, forward_user: bool = True
 ) -> list[Any]:
@@ -130,7 +91,8 @@ def credential_interceptors(
 
     Example: ``dial(addr, interceptors=credential_interceptors(service_token=tokens.token))``
     """
-    return [
-        cls(service_token, forward_user)
-        for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
-    ]
+
+    async def intercept(continuation: Continuation, details: Any, arg: Any) -> Any:
+        return await continuation(_details(details, service_token, forward_user), arg)
+
+    return every_kind(intercept)

@@ -43,6 +43,7 @@ from google.rpc import error_details_pb2
 
 from grpckit.client._call_status import code_now
 from grpckit.client._gauges import watch_breaker
+from grpckit.client._kinds import Continuation, every_kind
 from grpckit.client._rejection import DOMAIN, local_rejection
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ CIRCUIT_OPEN = "CIRCUIT_OPEN"
 
 BreakerState = Literal["closed", "open", "half_open"]
 Clock = Callable[[], float]
-Continuation = Callable[[Any, Any], Any]
+
 
 DEFAULT_FAILURE_CODES: frozenset[grpc.StatusCode] = frozenset(
     {
@@ -250,10 +251,7 @@ class CircuitBreaker:
     def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
         """The four grpc.aio client interceptors (one per RPC kind) guarding the calls."""
         interceptors: list[Any] = [  # grpc-stubs leaves grpc.aio.ClientInterceptor opaque
-            _UnaryUnary(self),
-            _UnaryStream(self),
-            _StreamUnary(self),
-            _StreamStream(self),
+            *every_kind(self._intercept, breaker=self),
         ]
         return interceptors
 
@@ -324,46 +322,6 @@ class CircuitBreaker:
 def _normalize(method: str | bytes) -> str:
     name = method.decode() if isinstance(method, bytes) else method
     return name if name.startswith("/") else f"/{name}"
-
-
-class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.breaker = breaker
-
-    async def intercept_unary_unary(
-        self, continuation: Continuation, client_call_details: Any, request: Any
-    ) -> Any:
-        return await self.breaker._intercept(continuation, client_call_details, request)
-
-
-class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.breaker = breaker
-
-    async def intercept_unary_stream(
-        self, continuation: Continuation, client_call_details: Any, request: Any
-    ) -> Any:
-        return await self.breaker._intercept(continuation, client_call_details, request)
-
-
-class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.breaker = breaker
-
-    async def intercept_stream_unary(
-        self, continuation: Continuation, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await self.breaker._intercept(continuation, client_call_details, request_iterator)
-
-
-class _StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.breaker = breaker
-
-    async def intercept_stream_stream(
-        self, continuation: Continuation, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await self.breaker._intercept(continuation, client_call_details, request_iterator)
 
 
 def circuit_breaker_interceptors(

@@ -28,13 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.rpc import error_details_pb2
 
 from grpckit.client._gauges import watch_bulkhead
+from grpckit.client._kinds import Continuation, every_kind
 from grpckit.client._rejection import DOMAIN, local_rejection
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ __all__ = ["BULKHEAD_FULL", "Bulkhead", "bulkhead_interceptors"]
 
 #: ``ErrorInfo.reason`` of a call the bulkhead turned away.
 BULKHEAD_FULL = "BULKHEAD_FULL"
-
-Continuation = Callable[[Any, Any], Any]
 
 
 class Bulkhead:
@@ -104,10 +102,7 @@ class Bulkhead:
     def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
         """The four grpc.aio client interceptors (one per RPC kind) sharing this bulkhead."""
         interceptors: list[Any] = [  # grpc-stubs leaves grpc.aio.ClientInterceptor opaque
-            _UnaryUnary(self),
-            _UnaryStream(self),
-            _StreamUnary(self),
-            _StreamStream(self),
+            *every_kind(self._intercept, bulkhead=self),
         ]
         return interceptors
 
@@ -185,46 +180,6 @@ class Bulkhead:
             metadata={"bulkhead": self._name, "method": method},
         )
         return local_rejection(code, message, info, source=f"bulkhead: {BULKHEAD_FULL}")
-
-
-class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, bulkhead: Bulkhead) -> None:
-        self.bulkhead = bulkhead
-
-    async def intercept_unary_unary(
-        self, continuation: Continuation, client_call_details: Any, request: Any
-    ) -> Any:
-        return await self.bulkhead._intercept(continuation, client_call_details, request)
-
-
-class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, bulkhead: Bulkhead) -> None:
-        self.bulkhead = bulkhead
-
-    async def intercept_unary_stream(
-        self, continuation: Continuation, client_call_details: Any, request: Any
-    ) -> Any:
-        return await self.bulkhead._intercept(continuation, client_call_details, request)
-
-
-class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, bulkhead: Bulkhead) -> None:
-        self.bulkhead = bulkhead
-
-    async def intercept_stream_unary(
-        self, continuation: Continuation, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await self.bulkhead._intercept(continuation, client_call_details, request_iterator)
-
-
-class _StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, bulkhead: Bulkhead) -> None:
-        self.bulkhead = bulkhead
-
-    async def intercept_stream_stream(
-        self, continuation: Continuation, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await self.bulkhead._intercept(continuation, client_call_details, request_iterator)
 
 
 def bulkhead_interceptors(

@@ -10,12 +10,12 @@ For every call made on a :func:`grpckit.dial` channel:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from grpckit.call import NESTED_KEY, current_call
+from grpckit.client._kinds import Continuation, every_kind
 
 __all__ = ["REQUEST_ID_KEY", "propagation_interceptors"]
 
@@ -51,54 +51,10 @@ def _nested(metadata: Any, request_id: str | bytes | None) -> grpc.aio.Metadata:
     return merged
 
 
-Continuation = Callable[[Any, Any], Any]
-
-
-class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, default_timeout: float | None) -> None:
-        self._default = default_timeout
-
-    async def intercept_unary_unary(
-        self, continuation: Continuation, client_call_details: Any, request: Any
-    ) -> Any:
-        return await continuation(_details(client_call_details, self._default), request)
-
-
-class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, default_timeout: float | None) -> None:
-        self._default = default_timeout
-
-    async def intercept_unary_stream(
-        self, continuation: Continuation, client_call_details: Any, request: Any
-    ) -> Any:
-        return await continuation(_details(client_call_details, self._default), request)
-
-
-class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, default_timeout: float | None) -> None:
-        self._default = default_timeout
-
-    async def intercept_stream_unary(
-        self, continuation: Continuation, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(_details(client_call_details, self._default), request_iterator)
-
-
-class _StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
-    def __init__(self, default_timeout: float | None) -> None:
-        self._default = default_timeout
-
-    async def intercept_stream_stream(
-        self, continuation: Continuation, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(_details(client_call_details, self._default), request_iterator)
-
-
 def propagation_interceptors(default_timeout: float | None) -> list[Any]:
     """The four interceptors (one per RPC kind) that :func:`grpckit.dial` installs."""
-    return [
-        _UnaryUnary(default_timeout),
-        _UnaryStream(default_timeout),
-        _StreamUnary(default_timeout),
-        _StreamStream(default_timeout),
-    ]
+
+    async def intercept(continuation: Continuation, details: Any, arg: Any) -> Any:
+        return await continuation(_details(details, default_timeout), arg)
+
+    return every_kind(intercept)

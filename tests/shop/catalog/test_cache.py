@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from shop.common.bus import InMemoryEventBus
 from shop.common.db import Database
 from shop.common.ids import new_id
 from shop.common.runtime import ServiceContext, Settings
-from tests.conftest import REDIS_URL, require_redis
+from tests.conftest import REDIS_URL, redis_keyspace, require_redis
 
 Product = catalog_pb2.Product
 P1, P2, P3 = "p-1", "p-2", "p-3"
@@ -168,16 +167,8 @@ async def test_lookups_are_counted_in_prometheus(source: Source) -> None:
 
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
-    await require_redis()
-    value = f"test:catalog:{uuid.uuid4().hex}:"
-    yield value
-    client = Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=value + "*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    async with redis_keyspace("catalog") as value:
+        yield value
 
 
 @pytest.fixture

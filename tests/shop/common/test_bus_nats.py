@@ -29,7 +29,7 @@ from shop.common.bus import InMemoryEventBus, open_bus
 from shop.common.bus_nats import NatsBusOptions, NatsEventBus, NatsUnavailableError
 from shop.common.db import Database, Migration
 from shop.common.outbox import OutboxRelay, add_events, outbox_table
-from tests.conftest import IN_CI
+from tests.conftest import unavailable
 
 NATS_URL = os.environ.get("SHOP_TEST_NATS_URL", "nats://127.0.0.1:4222")
 FAST = NatsBusOptions(fetch_wait=1.0, retry_delay=0.05, publish_timeout=2.0)
@@ -59,13 +59,10 @@ async def require_nats() -> None:
     if _NATS_PROBLEM is False:
         _NATS_PROBLEM = await _nats_problem()
     if _NATS_PROBLEM:
-        message = (
+        unavailable(
             f"NATS unreachable at {NATS_URL} ({_NATS_PROBLEM}); start it with `nats-server -js` "
             "or set SHOP_TEST_NATS_URL to a nats:// URL to run these tests"
         )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 OpenBus = Callable[..., Awaitable[NatsEventBus]]
