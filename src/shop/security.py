@@ -146,11 +146,13 @@ class ActiveUsers:
         self,
         channel: Callable[[], grpc.aio.Channel],
         *,
+        local: Callable[[], Callable[[str], Awaitable[bool]] | None] = lambda: None,
         ttl: float = 5.0,
         stale: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channel = channel
+        self._local = local
         self._ttl, self._stale, self._clock = ttl, stale, clock
         self._known: dict[str, tuple[bool, float]] = {}
         self._pending: dict[str, asyncio.Future[bool]] = {}
@@ -181,6 +183,11 @@ class ActiveUsers:
             del self._pending[subject]
 
     async def _ask(self, subject: str, known: tuple[bool, float] | None, now: float) -> bool:
+        local = self._local()
+        if local is not None:  # this process serves users: read the store, no call
+            active = await local(subject)
+            self._known[subject] = (active, self._clock())
+            return active
         stub = users_pb2_grpc.UserServiceStub(self._channel())
         try:
             reply = await stub.ValidateUser(
@@ -233,8 +240,13 @@ class Security:
         self.user_verifier: TokenVerifier | None = None
         self.active_users: ActiveUsers | None = None
 
-    def connect(self, channel: Callable[[], grpc.aio.Channel]) -> None:
-        """Give the verifiers a way to the users service (``channel()`` made lazily)."""
+    def connect(
+        self,
+        channel: Callable[[], grpc.aio.Channel],
+        local: Callable[[], Callable[[str], Awaitable[bool]] | None] = lambda: None,
+    ) -> None:
+        """Give the verifiers a way to the users service (``channel()`` made lazily), or
+        ``local()``, the users store's own check where this process serves users."""
 
         async def fetch() -> Mapping[str, Any]:
             stub = users_pb2_grpc.UserServiceStub(channel())
@@ -250,7 +262,7 @@ class Security:
         self.user_verifier = TokenVerifier(
             keys, issuers=[ISSUER], audience=AUDIENCE, leeway=LEEWAY_SECONDS
         )
-        self.active_users = ActiveUsers(channel)
+        self.active_users = ActiveUsers(channel, local=local)
 
     async def jwks_document(self) -> Mapping[str, Any]:
         """The users' public keys as a JWKS document (for ``/.well-known/jwks.json``)."""

@@ -86,7 +86,9 @@ async def run(
         service_name="shop" if len(config.services) > 1 else config.services[0],
     )
     ctx_ref: list[ServiceContext] = []
-    security.connect(lambda: ctx_ref[0].internal_channel("users"))
+    security.connect(
+        lambda: ctx_ref[0].internal_channel("users"), local=lambda: ctx_ref[0].account_check
+    )
     audit_logs: dict[str, AuditLog] = {}
     app = App(
         ServerConfig(

@@ -12,9 +12,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from grpckit.client import MethodPolicy, RetryPolicy, service_config
+from grpckit.client import connect as grpckit_connect
 from shop.api.orders.v1 import orders_pb2
 from shop.api.payments.v1 import payments_pb2
-from tests.e2e.clients import DECLINE, Stubs, connect, order_request
+from tests.e2e.clients import DECLINE, Stubs, act_as, connect, order_request
 from tests.e2e.harness import ShopProcess
 
 pytestmark = pytest.mark.e2e
@@ -114,8 +116,19 @@ async def test_workers_share_one_port_and_survive_one_dying(tmp_path: Path) -> N
         async with connect(shop.grpc_address) as channel:
             await Stubs.on(channel).customer()
         os.kill(workers[0]["pid"], signal.SIGKILL)
-        for _ in range(5):  # new connections: the kernel hands them to the living worker
-            async with connect(shop.grpc_address) as channel:
+        # new connections go to the living worker; one made in the instant of the kill may be
+        # reset by the dying socket, which a client's waitForReady + retry policy absorb
+        retrying = service_config(
+            default=MethodPolicy(
+                wait_for_ready=True,
+                retry=RetryPolicy(max_attempts=4, retryable_codes=(grpc.StatusCode.UNAVAILABLE,)),
+            )
+        )
+        for _ in range(5):
+            channel = grpckit_connect(
+                shop.grpc_address, config=retrying, interceptors=act_as(shop.grpc_address)
+            )
+            async with channel:
                 await Stubs.on(channel).customer()
         restarted = await asyncio.to_thread(
             shop.wait_for, lambda r: r.get("event") == "process.restarted", 30

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -163,6 +165,24 @@ _VERSIONS = sa.Table(
 )
 
 
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL once. The switch needs the file to itself and SQLite answers
+    "database is locked" at once (no busy wait) while another process writes, which happens
+    when several processes open a new file together: retry for up to ~5 s."""
+    cursor.execute("PRAGMA journal_mode")
+    row = cursor.fetchone()
+    if row is not None and str(row[0]).lower() == "wal":
+        return
+    for attempt in range(50):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.1)  # at connect only, and only while another writer holds the file
+
+
 def _sqlite_engine(url: str) -> AsyncEngine:
     path = make_url(url).database
     if path and path != ":memory:":
@@ -173,10 +193,10 @@ def _sqlite_engine(url: str) -> AsyncEngine:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -7,7 +7,7 @@ frozen values; services never read the environment.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +56,7 @@ PEER_SERVICE_CONFIG = service_config(
 #: For peers served by this very process: no health checking, since a draining process still
 #: serves the nested calls its in-flight calls make (a NOT_SERVING check would block them).
 LOCAL_SERVICE_CONFIG = service_config(
-    default=MethodPolicy(retry=_PEER_RETRY), retry_throttling=(20, 0.1)
+    default=MethodPolicy(wait_for_ready=True, retry=_PEER_RETRY), retry_throttling=(20, 0.1)
 )
 #: Opens when half of at least 10 calls in 30 s failed (UNAVAILABLE, DEADLINE_EXCEEDED ...);
 #: calls then fail at once with UNAVAILABLE/CIRCUIT_OPEN for 5 s, then one probe decides.
@@ -133,6 +133,8 @@ class ServiceContext:
     service_token: Callable[[], str] | None = None
     #: This process's own gRPC address (peers served here are dialled without health checks).
     local_address: str = ""
+    #: Set by the users service where it runs: is an account active (read from its store)?
+    account_check: Callable[[str], Awaitable[bool]] | None = None
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     _breakers: dict[str, tuple[Bulkhead, CircuitBreaker]] = field(default_factory=dict)
     _databases: dict[str, Database] = field(default_factory=dict)

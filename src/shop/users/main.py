@@ -5,6 +5,7 @@ from __future__ import annotations
 from grpckit import App
 from shop.api.users.v1 import users_pb2, users_pb2_grpc
 from shop.common.runtime import ServiceContext
+from shop.users import domain
 from shop.users.admin import ensure_admin
 from shop.users.passwords import ScryptHasher
 from shop.users.service import UserServicer, utc_now
@@ -47,3 +48,9 @@ async def mount(app: App, ctx: ServiceContext) -> None:
     )
     app.add_service(users_pb2_grpc.add_UserServiceServicer_to_server, servicer, SERVICE)
     app.add_health_check(SERVICE.full_name, db.ping)
+
+    async def account_active(user_id: str) -> bool:
+        return domain.validity(await store.get(user_id)) == ""
+
+    # this process's token checks ask the store directly instead of calling ValidateUser
+    ctx.account_check = account_active
