@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/interceptor_overhead.py
 	$(BIN)/python bench/analytics_ingest.py
 	$(BIN)/python bench/process_order.py
+	$(BIN)/python bench/distributed.py
 
 clean:
 	rm -rf $(VENV) .shop .third_party .pytest_cache .mypy_cache .ruff_cache

@@ -84,10 +84,16 @@ async def customers(address: str, count: int) -> list[Customer]:
     return [await Customer.register(address) for _ in range(count)]
 
 
-async def bench_products(address: str, count: int, prefix: str) -> Sequence[catalog_pb2.Product]:
-    """``count`` products with stock enough for any run, created as the harness's admin."""
+async def bench_products(
+    address: str, count: int, prefix: str, *, users: str | None = None
+) -> Sequence[catalog_pb2.Product]:
+    """``count`` products with stock enough for any run, created as the harness's admin.
+
+    ``users``: where the admin logs in when ``address`` does not serve UserService (a
+    distributed shop's catalog process).
+    """
     tag = secrets.token_hex(3).upper()
-    async with connect(address) as channel:
+    async with connect(address, users=users) as channel:
         catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
         return [
             (
