@@ -27,11 +27,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from shop.common.audit import AuditLog, verify_chain
-from shop.common.db import Database
-from shop.common.db import database_url as service_database_url
+from shop.common.db import open_existing
 from shop.common.runtime import SERVICES
 
 __all__ = ["main", "run"]
@@ -105,7 +103,7 @@ def run(
 
 async def _read(service: str, data_dir: Path, url: str | None) -> list[dict[str, Any]] | None:
     """The service's entries, or ``None`` when it has no database or no audit table."""
-    db = await _open(service, data_dir, url)
+    db = await open_existing(service, data_dir=data_dir, url=url)
     if db is None:
         return None
     try:
@@ -115,35 +113,6 @@ async def _read(service: str, data_dir: Path, url: str | None) -> list[dict[str,
         return [entry async for entry in log.entries()]
     finally:
         await db.close()
-
-
-async def _open(service: str, data_dir: Path, url: str | None) -> Database | None:
-    """The service's database if it exists, else ``None`` (nothing is created)."""
-    if not url:
-        if not (data_dir / f"{service}.db").is_file():
-            return None
-        url = service_database_url(service, data_dir=data_dir, url=None)
-    if make_url(url).get_backend_name() == "sqlite":
-        return Database(url, schema=service) if _sqlite_file_exists(url) else None
-    db = Database(url, schema=service)
-    try:
-        async with db.read() as session:
-            exists = await session.scalar(
-                sa.text("SELECT 1 FROM information_schema.schemata WHERE schema_name = :s"),
-                {"s": service},
-            )
-    except BaseException:
-        await db.close()
-        raise
-    if exists is None:
-        await db.close()
-        return None
-    return db
-
-
-def _sqlite_file_exists(url: str) -> bool:
-    path = make_url(url).database
-    return bool(path) and path != ":memory:" and Path(str(path)).is_file()
 
 
 def _report(service: str, entries: list[dict[str, Any]], err: TextIO) -> bool:

@@ -48,11 +48,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 
 from shop.catalog.domain import ReservationStatus
 from shop.catalog.store import ProductRow, ReservationItemRow, ReservationRow
-from shop.common.db import Database
+from shop.common.db import Database, open_existing
 from shop.common.money import Money
 from shop.common.times import to_micros, utcnow
 from shop.gateway.store import sagas
@@ -466,11 +466,9 @@ async def _open(
 
     Raises :class:`_CannotVerifyError` when ``table`` lacks ``column`` (not migrated yet).
     """
-    if not url:
-        url = f"sqlite+aiosqlite:///{(data_dir / f'{service}.db').resolve()}"
-    if make_url(url).get_backend_name() == "sqlite" and not _sqlite_file_exists(url):
-        return None  # checked first: opening a SQLite file creates it
-    db = Database(url, schema=service)
+    db = await open_existing(service, data_dir=data_dir, url=url)
+    if db is None:
+        return None
     try:
         schema = service if db.dialect == "postgresql" else None
         async with db.engine.connect() as conn:
@@ -495,11 +493,6 @@ def _columns(conn: Connection, table: str, schema: str | None) -> set[str]:
     if not inspector.has_table(table, schema=schema):
         return set()
     return {column["name"] for column in inspector.get_columns(table, schema=schema)}
-
-
-def _sqlite_file_exists(url: str) -> bool:
-    path = make_url(url).database
-    return bool(path) and path != ":memory:" and Path(str(path)).is_file()
 
 
 def _json(value: Any) -> str:

@@ -10,17 +10,18 @@ tests (test_security.py) use plain channels and explicit tokens instead.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
+from grpckit.client import every_kind
 from shop.api.analytics.v1 import analytics_pb2_grpc
 from shop.api.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shop.api.common.v1 import common_pb2
 from shop.api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from shop.api.orders.v1 import orders_pb2_grpc
+from shop.api.orders.v1 import orders_pb2, orders_pb2_grpc
 from shop.api.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.api.users.v1 import users_pb2, users_pb2_grpc
 
@@ -111,51 +112,24 @@ async def admin_token(address: str) -> str:
     return _ADMIN_TOKENS[address]
 
 
-class _ActAs:
-    """Adds ``authorization``: the token of the request's ``user_id``, else the admin's."""
+def act_as(users_address: str) -> list[Any]:
+    """Client interceptors adding ``authorization``: the token of the request's ``user_id``
+    (a customer registered by :meth:`Stubs.customer`), else the admin's."""
 
-    def __init__(self, users_address: str) -> None:
-        self._address = users_address
+    async def intercept(continuation: Any, details: Any, request: Any) -> Any:
+        if details.metadata is None or all(k != "authorization" for k, _ in details.metadata):
+            user_id = getattr(request, "user_id", "") if isinstance(request, Message) else ""
+            token = TOKENS.get(user_id) if user_id else None
+            if token is None:
+                token = await admin_token(users_address)
+            metadata = grpc.aio.Metadata(*(details.metadata or ()), *bearer(token))
+            details = grpc.aio.ClientCallDetails(
+                details.method, details.timeout, metadata, details.credentials,
+                details.wait_for_ready,
+            )  # fmt: skip
+        return await continuation(details, request)
 
-    async def _details(self, details: Any, request: Any) -> Any:
-        if details.metadata is not None and any(k == "authorization" for k, _ in details.metadata):
-            return details
-        user_id = getattr(request, "user_id", "") if request is not None else ""
-        token = TOKENS.get(user_id) if user_id else None
-        if token is None:
-            token = await admin_token(self._address)
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), *bearer(token))
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
-
-class _UnaryUnary(_ActAs, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], details: Any, request: Any
-    ) -> Any:
-        return await continuation(await self._details(details, request), request)
-
-
-class _UnaryStream(_ActAs, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], details: Any, request: Any
-    ) -> Any:
-        return await continuation(await self._details(details, request), request)
-
-
-class _StreamUnary(_ActAs, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_unary(
-        self, continuation: Callable[..., Any], details: Any, requests: Any
-    ) -> Any:
-        return await continuation(await self._details(details, None), requests)
-
-
-class _StreamStream(_ActAs, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_stream(
-        self, continuation: Callable[..., Any], details: Any, requests: Any
-    ) -> Any:
-        return await continuation(await self._details(details, None), requests)
+    return every_kind(intercept)
 
 
 def connect(address: str, *, users: str | None = None) -> grpc.aio.Channel:
@@ -166,15 +140,8 @@ def connect(address: str, *, users: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, interceptors=act_as(users or address))
 
 
-def act_as(users_address: str) -> list[Any]:
-    """The client interceptors :func:`connect` installs (for channels made another way)."""
-    return [cls(users_address) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
-
-
 async def all_orders(stubs: Stubs, user_id: str) -> list[Any]:
     """Every order of ``user_id`` (all pages), read with that customer's token."""
-    from shop.api.orders.v1 import orders_pb2
-
     orders: list[Any] = []
     token = ""
     while True:

@@ -32,6 +32,7 @@ from grpckit.auth._principal import (
     ANONYMOUS,
     SERVICE_ROLE,
     Principal,
+    caller_may_access,
     current_principal,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "TokenVerifier",
     "authentication",
     "authorization",
+    "caller_may_access",
     "credential_interceptors",
     "current_principal",
     "declared_policy",

@@ -8,7 +8,14 @@ from typing import Any
 
 from grpckit.call import current_call
 
-__all__ = ["ADMIN_ROLE", "ANONYMOUS", "SERVICE_ROLE", "Principal", "current_principal"]
+__all__ = [
+    "ADMIN_ROLE",
+    "ANONYMOUS",
+    "SERVICE_ROLE",
+    "Principal",
+    "caller_may_access",
+    "current_principal",
+]
 
 #: The role a service identity (mTLS peer or service token) carries.
 SERVICE_ROLE = "service"
@@ -68,3 +75,16 @@ def current_principal() -> Principal | None:
         return None
     principal = call.principal
     return principal if isinstance(principal, Principal) else None
+
+
+def caller_may_access(owner_id: str) -> bool:
+    """May the caller of the current call see ``owner_id``'s resources?
+
+    True for the owner, admins and services (:meth:`Principal.may_access`), and when no
+    authentication runs at all (no principal: in-process tests, tools). Handlers answer
+    NOT_FOUND otherwise, exactly as for an unknown id.
+
+    Example: ``if not caller_may_access(order.user_id): raise OrderNotFoundError(order.id)``
+    """
+    principal = current_principal()
+    return principal is None or principal.may_access(owner_id)

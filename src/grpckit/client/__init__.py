@@ -17,6 +17,7 @@ from grpckit.client._deadline import REQUEST_ID_KEY, propagation_interceptors
 from grpckit.client._dial import dial
 from grpckit.client._fallback import DEFAULT_FALLBACK_CODES, with_fallback
 from grpckit.client._hedging import hedging_interceptors, idempotent_reads
+from grpckit.client._kinds import every_kind
 from grpckit.client._metrics import client_metrics_interceptors
 from grpckit.client._pool import ChannelPool
 from grpckit.client._reloading import ReloadingChannel
@@ -49,6 +50,7 @@ __all__ = [
     "client_tracing_interceptors",
     "connect",
     "dial",
+    "every_kind",
     "hedging_interceptors",
     "idempotent_reads",
     "propagation_interceptors",

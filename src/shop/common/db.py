@@ -54,6 +54,39 @@ def database_url(service: str, *, data_dir: Path, url: str | None) -> str:
     return f"sqlite+aiosqlite:///{(data_dir / f'{service}.db').resolve()}"
 
 
+def _is_file(path: str) -> bool:
+    return Path(path).is_file()
+
+
+async def open_existing(service: str, *, data_dir: Path, url: str | None) -> Database | None:
+    """The service's database if it already exists, else ``None``; never creates anything.
+
+    For tools that read what a shop left behind (``shop audit``, ``shop verify``): a SQLite
+    file must exist (opening one creates it), a PostgreSQL schema named after the service must
+    exist. Example: ``db = await open_existing("orders", data_dir=Path(".shop"), url=None)``
+    """
+    if not url:
+        url = f"sqlite+aiosqlite:///{(data_dir / f'{service}.db').resolve()}"
+    if make_url(url).get_backend_name() == "sqlite":
+        path = make_url(url).database
+        exists = bool(path) and path != ":memory:" and _is_file(str(path))
+        return Database(url, schema=service) if exists else None
+    db = Database(url, schema=service)
+    try:
+        async with db.read() as session:
+            found = await session.scalar(
+                sa.text("SELECT 1 FROM information_schema.schemata WHERE schema_name = :s"),
+                {"s": service},
+            )
+    except BaseException:
+        await db.close()
+        raise
+    if found is None:
+        await db.close()
+        return None
+    return db
+
+
 class Database:
     """An async SQLAlchemy engine bound to one service's tables."""
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from grpckit.auth import current_principal
+from grpckit.auth import caller_may_access
 from grpckit.errors import StatusError, invalid_argument, not_found
 from shop.api.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shop.api.orders.v1 import orders_pb2
@@ -87,8 +87,7 @@ def _visible(order: orders_pb2.Order) -> orders_pb2.Order:
     """``order`` if the caller may see it (its owner, an admin, a service), else NOT_FOUND as
     for an unknown id. Without an authenticated principal (no authentication interceptor, as
     in-process) it may."""
-    principal = current_principal()
-    if principal is not None and not principal.may_access(order.user_id):
+    if not caller_may_access(order.user_id):
         raise not_found(
             f"order {order.id} not found",
             resource_type="order",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from grpckit import StatusError
-from grpckit.auth import current_principal
+from grpckit.auth import caller_may_access
 from grpckit.errors import not_found
 from shop.api.catalog.v1 import catalog_pb2
 from shop.api.orders.v1 import orders_pb2, orders_pb2_grpc
@@ -33,8 +33,7 @@ def _visible(order: Order) -> Order:
 
     Without an authenticated principal (no authentication interceptor, as in-process) it may.
     """
-    principal = current_principal()
-    if principal is not None and not principal.may_access(order.user_id):
+    if not caller_may_access(order.user_id):
         raise OrderNotFoundError(order.id)
     return order
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from grpckit.auth import current_principal
+from grpckit.auth import caller_may_access
 from shop.api.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.payments import validation
 from shop.payments.convert import payment_to_proto
@@ -30,8 +30,7 @@ def _visible(payment: Payment) -> Payment:
     A payment without ``user_id`` is for admins and services only. Without an authenticated
     principal (no authentication interceptor, as in-process) it may be seen.
     """
-    principal = current_principal()
-    if principal is not None and not principal.may_access(payment.user_id):
+    if not caller_may_access(payment.user_id):
         raise PaymentNotFoundError(payment.id)
     return payment
 
