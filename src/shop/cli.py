@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser("watch", help="print the live metrics stream")
     _client_args(watch, what="analytics")
+    watch.add_argument(
+        "--users-addr", default=None, help="users service, when not at --addr (distributed mode)"
+    )
     watch.add_argument("--window", type=float, default=10.0, help="window in seconds: 1, 10 or 60")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
     watch.add_argument(

@@ -30,6 +30,7 @@ from google.protobuf import json_format
 
 from grpckit import CallInfo, get_logger
 from grpckit.auth import (
+    ADMIN_ROLE,
     KeySet,
     Principal,
     RemoteJwks,
@@ -77,7 +78,7 @@ class RateLimits:
     #: Before authentication, keyed by the caller's IP address.
     per_address: Mapping[str, Rule]
     #: After authentication, keyed by the user (or the address of anonymous callers); calls a
-    #: service makes on a user's behalf are not counted again.
+    #: service makes on a user's behalf are not counted again, and admins are not limited.
     per_user: Mapping[str, Rule]
 
 
@@ -103,7 +104,7 @@ RATE_LIMITS = RateLimits(
         REFRESH: Rule(60, 60.0, algorithm="sliding_window"),
     },
     per_user={
-        PROCESS_ORDER: Rule(20, 1.0, burst=40),
+        PROCESS_ORDER: Rule(50, 1.0, burst=100),
         "*": Rule(100, 1.0, burst=200),
     },
 )
@@ -128,10 +129,14 @@ def by_user(call: CallInfo) -> str:
     return by_peer_ip(call)
 
 
-def _not_internal(call: CallInfo) -> bool:
-    """False for calls a service makes (on its own or for a user, already counted at the edge)."""
+def _counted(call: CallInfo) -> bool:
+    """Whether a call spends the caller's per-user budget: not for calls a service makes (on
+    its own or for a user, already counted at the edge) nor for admins (operators reconciling
+    or importing at volume; their Login is still limited)."""
     principal = call.principal
-    return not (isinstance(principal, Principal) and principal.service is not None)
+    if not isinstance(principal, Principal):
+        return True
+    return principal.service is None and ADMIN_ROLE not in principal.roles
 
 
 class ActiveUsers:
@@ -325,7 +330,7 @@ class Security:
             chain.append(
                 select(
                     rate_limit(limiter, dict(limits.per_user), by_user, domain=DOMAIN),
-                    match=_not_internal,
+                    match=_counted,
                 )
             )
         return chain

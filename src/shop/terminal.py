@@ -229,7 +229,11 @@ async def watch(ns: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 1
     async with channel:
         try:
-            access = await _access_token(ns, env, channel, demo=True)
+            if ns.users_addr:  # distributed mode: log in where the users service is
+                async with _channel(ns, ns.users_addr) as users:
+                    access = await _access_token(ns, env, users, demo=True)
+            else:
+                access = await _access_token(ns, env, channel, demo=True)
         except (grpc.aio.AioRpcError, LookupError) as err:
             detail = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
             print(f"shop watch: cannot log in: {detail}", file=sys.stderr)

@@ -95,6 +95,24 @@ async def test_ready_line_lists_every_process(distributed: ShopProcess) -> None:
     assert len({p["pid"] for p in listed}) == len(listed)
     gateway = next(p for p in listed if p["service"] == "gateway")
     assert distributed.grpc_address.endswith(gateway["address"].rpartition(":")[2])
+    # the terminal commands work against it, pointed at the right processes
+    where = {p["service"]: p["address"] for p in listed}
+
+    def shop_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shop.cli", *args], capture_output=True, text=True, timeout=60
+        )
+
+    ordered = await asyncio.to_thread(
+        shop_cli, "order", "--addr", distributed.grpc_address,
+        "--users-addr", where["users"], "--catalog-addr", where["catalog"],
+    )  # fmt: skip
+    assert ordered.returncode == 0 and "ORDER_STATUS_PAID" in ordered.stdout, ordered.stderr
+    watched = await asyncio.to_thread(
+        shop_cli, "watch", "--addr", where["analytics"], "--users-addr", where["users"],
+        "--count", "1", "--interval", "0.2", "--json",
+    )  # fmt: skip
+    assert watched.returncode == 0, watched.stderr
 
 
 async def test_killing_replicas_under_load_loses_nothing(

@@ -775,3 +775,28 @@ def socket_closed_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+async def test_per_user_budget_limits_customers_not_admins(stubs: Stubs) -> None:
+    """A customer hammering one method runs out of budget (100/s, burst 200) and is told when
+    to retry; an admin reconciling at the same pace is not limited."""
+    customer, admin_md = await sign_up(stubs), await admin(stubs)
+    gate = asyncio.Semaphore(16)
+
+    async def burst(md: Metadata, n: int) -> list[grpc.StatusCode]:
+        async def one() -> grpc.StatusCode:
+            async with gate:
+                try:
+                    await stubs.orders.ListOrders(
+                        orders_pb2.ListOrdersRequest(user_id=customer.id), metadata=md, timeout=10
+                    )
+                    return grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as err:
+                    return err.code()
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+    codes = await burst(customer.md, 600)
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert set(await burst(admin_md, 600)) == {grpc.StatusCode.OK}
