@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import grpc
+
+from grpckit.client._proxy import ChannelProxy
 
 __all__ = ["ChannelPool"]
 
@@ -43,7 +44,7 @@ class _Method:
         return self._callables[self._pool._pick()](*args, **kwargs)
 
 
-class ChannelPool(grpc.aio.Channel):
+class ChannelPool(ChannelProxy):
     """A ``grpc.aio.Channel`` spreading calls over ``channels`` (round-robin, per call).
 
     Usually built by :func:`grpckit.client.connect` with ``pool_size > 1``. Closing the pool
@@ -73,17 +74,8 @@ class ChannelPool(grpc.aio.Channel):
 
     # -- grpc.aio.Channel ------------------------------------------------------------------
 
-    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
-        return _Method(self, "unary_unary", args, kwargs)
-
-    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
-        return _Method(self, "unary_stream", args, kwargs)
-
-    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
-        return _Method(self, "stream_unary", args, kwargs)
-
-    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
-        return _Method(self, "stream_stream", args, kwargs)
+    def _method(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return _Method(self, kind, args, kwargs)
 
     async def close(self, grace: float | None = None) -> None:
         await asyncio.gather(*(channel.close(grace) for channel in self._channels))
@@ -106,14 +98,3 @@ class ChannelPool(grpc.aio.Channel):
 
     async def channel_ready(self) -> None:
         await asyncio.gather(*(channel.channel_ready() for channel in self._channels))
-
-    async def __aenter__(self) -> ChannelPool:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close(None)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import grpc
 
+from grpckit.client._proxy import ChannelProxy
 from grpckit.logs import get_logger
 from grpckit.tls import ClientTls
 
@@ -29,17 +29,19 @@ _LOG = get_logger("grpckit.client")
 class _Method:
     """A multicallable that binds to the channel current when each call starts."""
 
-    __slots__ = ("_args", "_bound", "_kind", "_owner")
+    __slots__ = ("_args", "_bound", "_kind", "_kwargs", "_owner")
 
-    def __init__(self, owner: ReloadingChannel, kind: str, args: tuple[Any, ...]) -> None:
-        self._owner, self._kind, self._args = owner, kind, args
+    def __init__(
+        self, owner: ReloadingChannel, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self._owner, self._kind, self._args, self._kwargs = owner, kind, args, kwargs
         self._bound: tuple[int, Any] | None = None
 
     def _target(self) -> Any:
         generation, channel = self._owner._current()
         bound = self._bound
         if bound is None or bound[0] != generation:
-            bound = (generation, getattr(channel, self._kind)(*self._args))
+            bound = (generation, getattr(channel, self._kind)(*self._args, **self._kwargs))
             self._bound = bound
         return bound[1]
 
@@ -47,7 +49,7 @@ class _Method:
         return self._target()(*args, **kwargs)
 
 
-class ReloadingChannel(grpc.aio.Channel):
+class ReloadingChannel(ChannelProxy):
     """A ``grpc.aio.Channel`` over ``make()``, re-made when ``tls``'s files change.
 
     Example::
@@ -103,17 +105,8 @@ class ReloadingChannel(grpc.aio.Channel):
 
     # -- grpc.aio.Channel ------------------------------------------------------------------
 
-    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
-        return _Method(self, "unary_unary", _args(args, kwargs))
-
-    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
-        return _Method(self, "unary_stream", _args(args, kwargs))
-
-    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
-        return _Method(self, "stream_unary", _args(args, kwargs))
-
-    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
-        return _Method(self, "stream_stream", _args(args, kwargs))
+    def _method(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return _Method(self, kind, args, kwargs)
 
     async def close(self, grace: float | None = None) -> None:
         await self._channel.close(grace)
@@ -130,26 +123,3 @@ class ReloadingChannel(grpc.aio.Channel):
 
     async def channel_ready(self) -> None:
         await self._current()[1].channel_ready()
-
-    async def __aenter__(self) -> ReloadingChannel:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close(None)
-
-
-def _args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """``(method, request_serializer, response_deserializer, _registered_method)``."""
-    names = ("method", "request_serializer", "response_deserializer", "_registered_method")
-    values = list(args) + [None] * (len(names) - len(args))
-    for i, name in enumerate(names):
-        if name in kwargs:
-            values[i] = kwargs[name]
-    if values[3] is None:
-        values[3] = False
-    return tuple(values)
